@@ -1,0 +1,43 @@
+# install.sh is sourced by the test and demo scripts. It installs what is
+# missing and says so; it fails loudly when it cannot.
+
+SHOPFLOOR_CACHE=${SHOPFLOOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shopfloor}
+INFLUXD_VERSION=v1.8.10
+
+find_bin() { # name: print its path, looking in sbin too (Debian puts mosquitto there)
+  command -v "$1" 2>/dev/null && return 0
+  for d in /usr/sbin /usr/local/sbin /sbin; do
+    [ -x "$d/$1" ] && { echo "$d/$1"; return 0; }
+  done
+  return 1
+}
+
+apt_updated=
+ensure_apt() { # binary package...: apt-get install the packages when binary is missing
+  local bin=$1; shift
+  find_bin "$bin" >/dev/null && return 0
+  echo "install: $bin not found; installing Debian packages: $*" >&2
+  local sudo=
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq || { echo "install: apt-get update failed; install $* by hand" >&2; return 1; }
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
+    { echo "install: apt-get install $* failed; install them by hand and run again" >&2; return 1; }
+  # The Debian package starts a system-wide broker on 1883; our scripts
+  # start their own on free ports, so leave the system one as it was found.
+  find_bin "$bin" >/dev/null || { echo "install: $bin still missing after installing $*" >&2; return 1; }
+}
+
+ensure_influxd() { # sets INFLUXD to an influxd 1.8 binary, building it once into the cache
+  INFLUXD="$SHOPFLOOR_CACHE/bin/influxd"
+  if [ -x "$INFLUXD" ]; then return 0; fi
+  echo "install: building influxd $INFLUXD_VERSION into $SHOPFLOOR_CACHE/bin (first run only, about 2 minutes)..." >&2
+  mkdir -p "$SHOPFLOOR_CACHE/bin"
+  local start=$SECONDS
+  (cd "$SHOPFLOOR_CACHE" && GOFLAGS=-buildvcs=false GOBIN="$SHOPFLOOR_CACHE/bin" \
+    go install "github.com/influxdata/influxdb/cmd/influxd@$INFLUXD_VERSION") ||
+    { echo "install: go install influxd failed; check that the Go module proxy is reachable" >&2; return 1; }
+  echo "install: influxd ready after $((SECONDS - start)) s" >&2
+}
