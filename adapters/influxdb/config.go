@@ -1,0 +1,158 @@
+package influxdb
+
+import (
+	"crypto/x509"
+	"errors"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/noordoostpolder/shopfloor/collector/config"
+)
+
+// Config is the sink's section of the agent configuration. One shape
+// serves every InfluxDB generation because all of them accept the v2 write
+// API: for 1.8 the bucket is "db/rp" (or "db" for the default retention
+// policy) and token and org may stay empty.
+type Config struct {
+	// URL is the server's base address, e.g. https://influx.example:8086.
+	// A path prefix (a reverse proxy's /influx/) is kept.
+	URL string `yaml:"url"`
+	// Token authenticates writes. InfluxDB 1.8 without auth needs none;
+	// with auth it takes "user:password".
+	Token config.Secret `yaml:"token"`
+	// Org is the 2.x/Cloud organisation. 1.8 ignores it.
+	Org string `yaml:"org"`
+	// Bucket is the 2.x/3.x bucket, or "db/rp" or "db" on 1.8.
+	Bucket string `yaml:"bucket"`
+	// Measurement receives the machine samples; the dashboards expect the
+	// default "machine".
+	Measurement string `yaml:"measurement"`
+	// Timeout bounds one HTTP request, connection and response included.
+	Timeout time.Duration `yaml:"timeout"`
+	// Gzip compresses request bodies. It is a pointer because YAML cannot
+	// tell "gzip: false" from a missing key for a plain bool, and the
+	// default is on: line protocol shrinks about tenfold, which matters on
+	// a shop floor uplink. Use UseGzip to read it.
+	Gzip *bool `yaml:"gzip"`
+	// BatchSize is the most points (lines) per HTTP request. The pipeline
+	// sizes its batches with it too, so one pipeline batch is usually one
+	// request.
+	BatchSize int `yaml:"batch_size"`
+	// FlushInterval is how long the pipeline lets a partial batch wait.
+	// The sink itself does not read it.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// TLS tunes https connections.
+	TLS TLSConfig `yaml:"tls"`
+}
+
+// TLSConfig tunes the https connection to InfluxDB.
+type TLSConfig struct {
+	// CAFile is a PEM bundle trusted in addition to the system roots, for
+	// a server with a certificate from the firm's own CA.
+	CAFile string `yaml:"ca_file"`
+	// InsecureSkipVerify turns off certificate checks. It exists for a
+	// first test against a self-signed server, never for production.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Defaults. 5000 points per request is where InfluxDB's cost per point
+// levels off (its own documentation's recommendation); ten seconds lets a
+// busy server answer a full batch while a dead one is noticed quickly.
+const (
+	DefaultMeasurement   = "machine"
+	DefaultTimeout       = 10 * time.Second
+	DefaultBatchSize     = 5000
+	DefaultFlushInterval = time.Second
+)
+
+// SetDefaults fills unset values. The config loader calls it after
+// decoding, which is why Gzip is a pointer.
+func (c *Config) SetDefaults() {
+	if c.Measurement == "" {
+		c.Measurement = DefaultMeasurement
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Gzip == nil {
+		on := true
+		c.Gzip = &on
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+}
+
+// UseGzip reports whether request bodies are compressed; unset means yes,
+// so a Config built in code without SetDefaults behaves the same.
+func (c *Config) UseGzip() bool { return c.Gzip == nil || *c.Gzip }
+
+// Validate reports every problem at once, with keys relative to this
+// section so the loader can point at lines.
+func (c Config) Validate() error {
+	var errs []error
+	switch {
+	case c.URL == "":
+		errs = append(errs, config.Missing("url"))
+	default:
+		u, err := url.Parse(c.URL)
+		switch {
+		case err != nil:
+			errs = append(errs, config.Invalid("url", "is not a URL: %v", err))
+		case u.Scheme != "http" && u.Scheme != "https":
+			errs = append(errs, config.Invalid("url", "must start with http:// or https://, e.g. http://localhost:8086"))
+		case u.Host == "":
+			errs = append(errs, config.Invalid("url", "has no host; write e.g. http://localhost:8086"))
+		case u.RawQuery != "" || u.Fragment != "":
+			errs = append(errs, config.Invalid("url", "must not have a query or fragment; org and bucket have their own keys"))
+		}
+	}
+	switch {
+	case strings.TrimSpace(c.Bucket) == "":
+		errs = append(errs, config.Missing("bucket"))
+	case strings.Count(c.Bucket, "/") > 1:
+		errs = append(errs, config.Invalid("bucket", "%q has more than one /; InfluxDB 1.8 takes \"db/rp\" or \"db\"", c.Bucket))
+	}
+	if c.Measurement == "" {
+		errs = append(errs, config.Missing("measurement"))
+	} else if !validName(c.Measurement) || strings.HasPrefix(c.Measurement, "#") {
+		errs = append(errs, config.Invalid("measurement", "%q is not a valid InfluxDB measurement name (no control characters, no trailing backslash, no leading #)", c.Measurement))
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, config.Invalid("timeout", "must be positive, e.g. 10s"))
+	}
+	if c.BatchSize < 1 {
+		errs = append(errs, config.Invalid("batch_size", "must be at least 1; 5000 suits most servers"))
+	}
+	if c.FlushInterval <= 0 {
+		errs = append(errs, config.Invalid("flush_interval", "must be positive, e.g. 1s"))
+	}
+	if c.TLS.CAFile != "" {
+		if _, err := loadCA(c.TLS.CAFile); err != nil {
+			errs = append(errs, config.Invalid("tls.ca_file", "%v", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loadCA reads a PEM bundle into the system pool, so that trusting the
+// firm's CA does not stop a public Cloud URL from working.
+func loadCA(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New(path + " holds no PEM certificate")
+	}
+	return pool, nil
+}

@@ -1,0 +1,311 @@
+package influxdb
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/influxdata/line-protocol/v2/lineprotocol"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+)
+
+// SkippedSample is a sample the encoder left out, and why.
+type SkippedSample struct {
+	// Index is the sample's position in the slice passed to AppendLines.
+	Index  int
+	Signal string
+	Reason string
+}
+
+// EncodeError lists the samples that could not be encoded. It is returned
+// together with valid lines holding every other sample: one bad value must
+// not cost the rest of its batch, and the caller decides whether a partial
+// result is acceptable.
+type EncodeError struct {
+	Skipped []SkippedSample
+}
+
+func (e *EncodeError) Error() string {
+	const show = 5
+	var b strings.Builder
+	b.WriteString(strconv.Itoa(len(e.Skipped)))
+	b.WriteString(" sample(s) cannot be written to InfluxDB and were left out: ")
+	for i, s := range e.Skipped {
+		if i == show {
+			fmt.Fprintf(&b, "; and %d more", len(e.Skipped)-show)
+			break
+		}
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "#%d %q: %s", s.Index, s.Signal, s.Reason)
+	}
+	return b.String()
+}
+
+// AppendLines appends the line protocol for samples to dst and returns the
+// extended buffer and the number of lines (points) written.
+//
+// Consecutive samples with the same asset, machine type and timestamp
+// become one line with a field per signal, so one MQTT message or OPC UA
+// notification set is one point. A signal that repeats within such a run
+// starts a new line, because InfluxDB keeps the last of duplicate fields
+// anyway and some servers refuse them. The timestamp is SourceTime, or
+// ReceiveTime when the source gave none: a line without one would get the
+// server's clock and break the idempotency retries rely on.
+//
+// String values are escaped by lineprotocol.Encoder, which writes a
+// newline, CR or tab as \n, \r, \t; InfluxDB 1.x and 2.x do not unescape
+// those, so such a string is stored with a visible backslash sequence
+// (the integration test pins this). Line protocol has no way to carry a
+// raw newline in a field value.
+//
+// A sample that is not good also gets a string field <signal>_quality;
+// a sample without a value writes only that field, and a good sample
+// without a value writes nothing.
+//
+// Samples that cannot be represented (empty or invalid signal names, NaN
+// and infinities, invalid UTF-8, tag values with control characters, times
+// outside 1677..2262) are left out; the lines returned are still valid and
+// err is an *EncodeError listing them. err is also non-nil, with no lines,
+// when measurement itself is invalid.
+func AppendLines(dst []byte, measurement string, samples []collector.Sample) ([]byte, int, error) {
+	var le lineEncoder
+	return le.appendAll(dst, measurement, samples)
+}
+
+// lineEncoder keeps the lineprotocol.Encoder and scratch space between
+// calls, so a Sink encodes without allocating once its buffer has grown.
+type lineEncoder struct {
+	enc     lineprotocol.Encoder
+	key     []byte
+	skipped []SkippedSample
+	// The series whose tag values were checked last: consecutive lines
+	// are mostly of one machine, and checking costs a fifth of the time.
+	checkedAsset collector.Asset
+	checkedType  string
+	checked      bool
+}
+
+func (le *lineEncoder) appendAll(dst []byte, measurement string, samples []collector.Sample) ([]byte, int, error) {
+	if !validName(measurement) {
+		return dst, 0, fmt.Errorf("invalid measurement name %q", measurement)
+	}
+	le.skipped = le.skipped[:0]
+	out, lines, _ := le.encode(dst, measurement, samples, 0, 0)
+	return out, lines, le.err()
+}
+
+// err returns the skipped samples of the last encode as an *EncodeError,
+// copied so that the encoder can be reused.
+func (le *lineEncoder) err() error {
+	if len(le.skipped) == 0 {
+		return nil
+	}
+	return &EncodeError{Skipped: append([]SkippedSample(nil), le.skipped...)}
+}
+
+// encode appends lines for samples until maxLines lines are written
+// (0: no limit) and returns how many samples it consumed; it stops only
+// between lines, so a point never spans two requests. offset is added to
+// the indexes of skipped samples. measurement must be valid.
+func (le *lineEncoder) encode(dst []byte, measurement string, samples []collector.Sample, maxLines, offset int) (out []byte, lines, consumed int) {
+	e := &le.enc
+	// Lax: every name and value is checked here first, so that a bad one
+	// skips one sample instead of making the encoder drop its whole line.
+	e.SetLax(true)
+	e.SetBuffer(dst)
+	le.checked = false
+	i := 0
+	for i < len(samples) {
+		if maxLines > 0 && lines == maxLines {
+			break
+		}
+		first := &samples[i]
+		ts := timestamp(first)
+		j := i + 1
+		for j < len(samples) && sameLine(first, ts, &samples[j], samples[i:j]) {
+			j++
+		}
+		if reason := le.checkLine(first, ts); reason != "" {
+			for k := i; k < j; k++ {
+				le.skip(offset+k, samples[k].Signal, reason)
+			}
+			i = j
+			continue
+		}
+		started := false
+		for k := i; k < j; k++ {
+			s := &samples[k]
+			v, reason := fieldValue(s)
+			if reason != "" {
+				le.skip(offset+k, s.Signal, reason)
+				continue
+			}
+			if s.Value.Kind() == collector.KindNone && s.Quality == collector.QualityGood {
+				continue // nothing to say: no value and nothing wrong with it
+			}
+			if !started {
+				le.startLine(measurement, first)
+				started = true
+			}
+			if s.Value.Kind() != collector.KindNone {
+				e.AddField(s.Signal, v)
+			}
+			if s.Quality != collector.QualityGood {
+				le.key = append(append(le.key[:0], s.Signal...), "_quality"...)
+				e.AddFieldRaw(le.key, stringValue(s.Quality.String()))
+			}
+		}
+		if started {
+			e.EndLine(ts)
+			if err := e.Err(); err != nil {
+				// Our checks should have caught it; the encoder dropped the
+				// line, so report its samples rather than lose them silently.
+				for k := i; k < j; k++ {
+					le.skip(offset+k, samples[k].Signal, err.Error())
+				}
+				e.ClearErr()
+			} else {
+				lines++
+			}
+		}
+		i = j
+	}
+	return e.Bytes(), lines, i
+}
+
+func (le *lineEncoder) skip(index int, signal, reason string) {
+	le.skipped = append(le.skipped, SkippedSample{Index: index, Signal: signal, Reason: reason})
+}
+
+// startLine writes the measurement and the tags, in the sorted order line
+// protocol wants and leaving out empty ones.
+func (le *lineEncoder) startLine(measurement string, s *collector.Sample) {
+	e := &le.enc
+	e.StartLine(measurement)
+	if s.Asset.Area != "" {
+		e.AddTag("area", s.Asset.Area)
+	}
+	if s.Asset.Line != "" {
+		e.AddTag("line", s.Asset.Line)
+	}
+	if s.Asset.Machine != "" {
+		e.AddTag("machine", s.Asset.Machine)
+	}
+	if s.MachineType != "" {
+		e.AddTag("machine_type", s.MachineType)
+	}
+	if s.Asset.Site != "" {
+		e.AddTag("site", s.Asset.Site)
+	}
+}
+
+func timestamp(s *collector.Sample) time.Time {
+	if s.SourceTime.IsZero() {
+		return s.ReceiveTime
+	}
+	return s.SourceTime
+}
+
+// sameLine reports whether b belongs on the line that a starts: same
+// series, same time, and a signal the line does not have yet.
+func sameLine(a *collector.Sample, ts time.Time, b *collector.Sample, line []collector.Sample) bool {
+	if a.Asset != b.Asset || a.MachineType != b.MachineType || !timestamp(b).Equal(ts) {
+		return false
+	}
+	for k := range line {
+		if line[k].Signal == b.Signal {
+			return false
+		}
+	}
+	return true
+}
+
+// checkLine finds what would make the whole line invalid: its time and
+// its tag values.
+func (le *lineEncoder) checkLine(s *collector.Sample, ts time.Time) string {
+	switch {
+	case ts.IsZero():
+		return "no source or receive time"
+	case ts.Before(time.Unix(0, math.MinInt64)) || ts.After(time.Unix(0, math.MaxInt64)):
+		return "time " + ts.Format(time.RFC3339) + " is outside what InfluxDB can store (1677..2262)"
+	}
+	if le.checked && s.Asset == le.checkedAsset && s.MachineType == le.checkedType {
+		return ""
+	}
+	for _, t := range [...]struct{ key, val string }{
+		{"area", s.Asset.Area}, {"line", s.Asset.Line}, {"machine", s.Asset.Machine},
+		{"machine_type", s.MachineType}, {"site", s.Asset.Site},
+	} {
+		if t.val != "" && !validName(t.val) {
+			return fmt.Sprintf("tag %s=%q has control characters, invalid UTF-8 or a trailing backslash", t.key, t.val)
+		}
+	}
+	le.checkedAsset, le.checkedType, le.checked = s.Asset, s.MachineType, true
+	return ""
+}
+
+// fieldValue converts a sample's value, or says why it cannot be written.
+func fieldValue(s *collector.Sample) (lineprotocol.Value, string) {
+	switch {
+	case s.Signal == "":
+		return lineprotocol.Value{}, "empty signal name"
+	case s.Signal == "time":
+		return lineprotocol.Value{}, `"time" is reserved by InfluxDB and cannot be a field name`
+	case !validName(s.Signal):
+		return lineprotocol.Value{}, "signal name has control characters, invalid UTF-8 or a trailing backslash"
+	}
+	switch s.Value.Kind() {
+	case collector.KindFloat:
+		f, _ := s.Value.AsFloat()
+		v, ok := lineprotocol.FloatValue(f)
+		if !ok {
+			return v, "float value " + strconv.FormatFloat(f, 'g', -1, 64) + " has no line protocol form"
+		}
+		return v, ""
+	case collector.KindInt:
+		i, _ := s.Value.AsInt()
+		return lineprotocol.IntValue(i), ""
+	case collector.KindBool:
+		b, _ := s.Value.AsBool()
+		return lineprotocol.BoolValue(b), ""
+	case collector.KindString:
+		str := s.Value.Str()
+		if !utf8.ValidString(str) {
+			return lineprotocol.Value{}, "string value is not valid UTF-8"
+		}
+		return stringValue(str), ""
+	case collector.KindNone:
+		return lineprotocol.Value{}, ""
+	}
+	return lineprotocol.Value{}, "unknown value kind " + s.Value.Kind().String()
+}
+
+// stringValue wraps s without the copy lineprotocol.StringValue makes:
+// the Value lives only until AddField has appended it and is never
+// written to. s must be valid UTF-8 (the caller checked).
+func stringValue(s string) lineprotocol.Value {
+	v, _ := lineprotocol.NewValueFromBytes(lineprotocol.String, unsafe.Slice(unsafe.StringData(s), len(s)))
+	return v
+}
+
+// validName mirrors what lineprotocol.Encoder accepts for a measurement,
+// key or tag value, so bad samples are skipped one by one instead of
+// making the encoder drop a whole line.
+func validName(s string) bool {
+	if s == "" || !utf8.ValidString(s) || s[len(s)-1] == '\\' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
