@@ -1,0 +1,400 @@
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+)
+
+// shardDepth bounds each worker's queue. When the collector's queue is full
+// the workers block in Emit, these fill up, and then paho's reader blocks:
+// the broker holds the rest instead of the agent's memory.
+const shardDepth = 64
+
+// disconnectQuiesce is how long a clean disconnect waits for the DISCONNECT
+// packet (and the acks queued before it) to be written, in milliseconds.
+const disconnectQuiesce = 250
+
+// subackFailure is the SUBACK return code for a refused subscription.
+const subackFailure = 0x80
+
+// errEmitRefused is the cause of a run ended by an Emit error that was not
+// the context ending.
+var errEmitRefused = errors.New("the collector refused a batch")
+
+// Source is an MQTT source: it subscribes to the configured topic filters
+// and emits the decoded samples of each message, acknowledging the message
+// to the broker only once the collector accepted them.
+type Source struct {
+	cfg Config
+	log *slog.Logger
+}
+
+var _ collector.Source = (*Source)(nil)
+
+// New checks cfg (after applying its defaults) and the TLS files it names,
+// so a broken config fails at start-up rather than at the first connect.
+// A nil logger discards.
+func New(cfg Config, logger *slog.Logger) (*Source, error) {
+	// Own copies, so a caller that reuses its Config cannot change a
+	// running source.
+	cfg.Subscriptions = append([]Subscription(nil), cfg.Subscriptions...)
+	for i := range cfg.Subscriptions {
+		if q := cfg.Subscriptions[i].QoS; q != nil {
+			v := *q
+			cfg.Subscriptions[i].QoS = &v
+		}
+	}
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := cfg.tlsConfig(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TLS.InsecureSkipVerify && usesTLS(cfg.URL) {
+		logger.Warn("tls.insecure_skip_verify is on: the broker's certificate is not checked", "url", cfg.URL)
+	}
+	if cfg.CleanSession {
+		logger.Info("clean_session is true: messages published while the agent is away are lost", "url", cfg.URL)
+	}
+	return &Source{cfg: cfg, log: logger}, nil
+}
+
+// tlsConfig reads the certificate files; nil for plain-text schemes.
+func (c Config) tlsConfig() (*tls.Config, error) {
+	if !usesTLS(c.URL) {
+		return nil, nil
+	}
+	t := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         c.TLS.ServerName,
+		InsecureSkipVerify: c.TLS.InsecureSkipVerify, //nolint:gosec // opt-in, warned about in New
+	}
+	if c.TLS.CAFile != "" {
+		pem, err := os.ReadFile(c.TLS.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", c.TLS.CAFile)
+		}
+		t.RootCAs = pool
+	}
+	if c.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// run is the state of one Run call: one connection, its workers.
+type run struct {
+	s    *Source
+	out  collector.Output
+	ctx  context.Context // ends when Run ends for any reason
+	stop context.CancelCauseFunc
+}
+
+// Run connects, subscribes and delivers messages until ctx ends (it then
+// returns nil) or the connection breaks (it returns an error naming the
+// broker). It never reconnects by itself: the supervisor calls Run again,
+// and every Run subscribes afresh, so a new connection is never left
+// without its subscriptions.
+func (s *Source) Run(ctx context.Context, out collector.Output) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	broker := "mqtt broker " + s.cfg.URL
+	tlsCfg, err := s.cfg.tlsConfig()
+	if err != nil {
+		err = fmt.Errorf("%s: %w", broker, err)
+		out.Connected(false, err)
+		return err
+	}
+
+	runCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	r := &run{s: s, out: out, ctx: runCtx, stop: stop}
+
+	shards := make([]chan paho.Message, s.cfg.Workers)
+	var workers sync.WaitGroup
+	for i := range shards {
+		shards[i] = make(chan paho.Message, shardDepth)
+		workers.Go(func() { r.work(shards[i]) })
+	}
+	lost := make(chan error, 1)
+
+	opts := paho.NewClientOptions().
+		AddBroker(s.cfg.URL).
+		SetClientID(s.cfg.ClientID).
+		SetUsername(s.cfg.Username).
+		SetPassword(s.cfg.Password.Reveal()).
+		SetCleanSession(s.cfg.CleanSession).
+		SetProtocolVersion(4).
+		SetKeepAlive(s.cfg.KeepAlive).
+		SetConnectTimeout(s.cfg.ConnectTimeout).
+		SetWriteTimeout(s.cfg.ConnectTimeout).
+		// The supervisor owns reconnecting, with its backoff and
+		// metrics; paho retrying underneath would hide outages.
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetResumeSubs(false).
+		// Ack after Emit, not on receipt: that is the at-least-once
+		// guarantee.
+		SetAutoAckDisabled(true).
+		// Ordered delivery to the handler keeps each topic's order
+		// through to the shard; the handler only enqueues.
+		SetOrderMatters(true).
+		// A persistent session may deliver queued messages before the
+		// SUBACK; the default handler takes them like any other.
+		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
+			enqueue(runCtx, c, shards[shardOf(m.Topic(), len(shards))], m)
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		})
+	if tlsCfg != nil {
+		opts.SetTLSConfig(tlsCfg)
+	}
+	client := paho.NewClient(opts)
+
+	// finish stops the workers before disconnecting, so the acks of
+	// messages they completed still go out ahead of the DISCONNECT.
+	finish := func(err error, connected bool) error {
+		stop(err)
+		workers.Wait()
+		if connected {
+			client.Disconnect(disconnectQuiesce)
+		}
+		out.Connected(false, err)
+		return err
+	}
+
+	s.log.Debug("connecting", "url", s.cfg.URL, "client_id", s.cfg.ClientID, "clean_session", s.cfg.CleanSession)
+	tok := client.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		// paho cannot abort a connect; let it finish (ConnectTimeout
+		// bounds it) and close whatever it opened.
+		go func() {
+			tok.Wait()
+			client.Disconnect(0)
+		}()
+		return finish(nil, false)
+	}
+	if err := tok.Error(); err != nil {
+		return finish(fmt.Errorf("%s: connect: %w", broker, err), false)
+	}
+
+	if err := r.subscribe(client, lost); err != nil {
+		if ctx.Err() != nil {
+			return finish(nil, true)
+		}
+		return finish(fmt.Errorf("%s: %w", broker, err), true)
+	}
+	out.Connected(true, nil)
+	s.log.Info("connected and subscribed", "url", s.cfg.URL, "topics", len(s.cfg.Subscriptions))
+
+	select {
+	case <-ctx.Done():
+		s.log.Debug("stopping", "url", s.cfg.URL)
+		return finish(nil, true)
+	case err := <-lost:
+		return finish(fmt.Errorf("%s: connection lost: %w", broker, err), false)
+	case <-runCtx.Done():
+		// A worker stopped the run: Emit failed while ctx was alive.
+		return finish(fmt.Errorf("%s: %w", broker, context.Cause(runCtx)), true)
+	}
+}
+
+// enqueue hands m to its worker. It blocks while the worker's queue is
+// full, which is the backpressure that leaves messages at the broker; but
+// paho reports a lost connection only after this handler returned, so
+// while blocked it watches the connection too. A message it gives up on is
+// not acked, and the broker redelivers it next session.
+func enqueue(ctx context.Context, c paho.Client, shard chan<- paho.Message, m paho.Message) {
+	select {
+	case shard <- m:
+		return
+	default:
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case shard <- m:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if !c.IsConnectionOpen() {
+				return
+			}
+		}
+	}
+}
+
+// subscribe sends one SUBSCRIBE for every filter and checks each return
+// code, so a filter the broker's ACL refuses fails the run loudly instead
+// of leaving a connection that receives nothing.
+func (r *run) subscribe(client paho.Client, lost <-chan error) error {
+	subs := r.s.cfg.Subscriptions
+	filters := make(map[string]byte, len(subs))
+	for _, sub := range subs {
+		filters[sub.Topic] = byte(*sub.QoS)
+	}
+	tok := client.SubscribeMultiple(filters, nil)
+	timer := time.NewTimer(r.s.cfg.ConnectTimeout)
+	defer timer.Stop()
+	select {
+	case <-tok.Done():
+	case err := <-lost:
+		return fmt.Errorf("connection lost while subscribing: %w", err)
+	case <-timer.C:
+		return fmt.Errorf("subscribe: no SUBACK within %s", r.s.cfg.ConnectTimeout)
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	st, ok := tok.(*paho.SubscribeToken)
+	if !ok {
+		return fmt.Errorf("subscribe: unexpected token type %T", tok)
+	}
+	granted := st.Result()
+	var refused []string
+	for _, sub := range subs {
+		code, ok := granted[sub.Topic]
+		switch {
+		case !ok || code == subackFailure:
+			refused = append(refused, sub.Topic)
+		case code < byte(*sub.QoS):
+			r.s.log.Warn("broker granted a lower QoS than asked: messages may be lost while the agent is away",
+				"topic", sub.Topic, "asked", *sub.QoS, "granted", code)
+		}
+	}
+	if len(refused) > 0 {
+		sort.Strings(refused)
+		return fmt.Errorf("subscribe: the broker refused topic %s (SUBACK 0x80; check its ACL)", strings.Join(refused, ", "))
+	}
+	return nil
+}
+
+// work decodes and emits the messages of one shard in order.
+func (r *run) work(in <-chan paho.Message) {
+	var (
+		dec Decoder
+		buf []collector.Sample
+	)
+	for r.ctx.Err() == nil {
+		select {
+		case <-r.ctx.Done():
+			return
+		case m := <-in:
+			buf = r.handle(&dec, m, buf[:0])
+		}
+	}
+}
+
+// handle processes one message and acks it when it is done with it: emitted,
+// or counted as bad input (so the broker does not redeliver it forever). It
+// returns buf for reuse.
+func (r *run) handle(dec *Decoder, m paho.Message, buf []collector.Sample) []collector.Sample {
+	topic, payload := m.Topic(), m.Payload()
+	if len(payload) > r.s.cfg.MaxPayloadBytes {
+		r.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", topic, len(payload), r.s.cfg.MaxPayloadBytes))
+		m.Ack()
+		return buf
+	}
+	sub := r.s.match(topic)
+	if sub == nil {
+		// A persistent session keeps subscriptions from an older config
+		// until the broker forgets the client.
+		r.out.Bad(ReasonUnexpectedTopic, fmt.Errorf("topic %s matches no configured subscription (left over in the persistent session?)", topic))
+		m.Ack()
+		return buf
+	}
+	samples, err := dec.Decode(payload, sub.JSON, time.Now(), buf)
+	var partial ValueErrors
+	var whole *BadInputError
+	switch {
+	case err == nil:
+	case errors.As(err, &partial):
+		for _, e := range partial {
+			r.out.Bad(e.Reason, fmt.Errorf("topic %s: %w", topic, e))
+		}
+	case errors.As(err, &whole):
+		r.out.Bad(whole.Reason, fmt.Errorf("topic %s: %w", topic, whole))
+		m.Ack()
+		return buf
+	default:
+		r.out.Bad(ReasonInvalidJSON, fmt.Errorf("topic %s: %w", topic, err))
+		m.Ack()
+		return buf
+	}
+	if samples == nil {
+		samples = buf
+	}
+	if len(samples) > 0 {
+		if err := r.out.Emit(r.ctx, collector.Batch{Origin: topic, Samples: samples}); err != nil {
+			// Not acked: the broker redelivers it to the next session.
+			if r.ctx.Err() == nil {
+				r.stop(fmt.Errorf("%w: topic %s: %w", errEmitRefused, topic, err))
+			}
+			return samples
+		}
+	}
+	m.Ack()
+	return samples
+}
+
+// match finds the subscription a topic arrived for; the first that
+// matches wins, as it would in a router.
+func (s *Source) match(topic string) *Subscription {
+	for i := range s.cfg.Subscriptions {
+		if matchTopic(s.cfg.Subscriptions[i].Topic, topic) {
+			return &s.cfg.Subscriptions[i]
+		}
+	}
+	return nil
+}
+
+// shardOf picks a worker by the FNV-1a hash of the topic, inlined because
+// hash/fnv would allocate per message.
+func shardOf(topic string, n int) int {
+	const (
+		offset32 = 2166136261
+		prime32  = 16777619
+	)
+	h := uint32(offset32)
+	for i := 0; i < len(topic); i++ {
+		h ^= uint32(topic[i])
+		h *= prime32
+	}
+	return int(h % uint32(n))
+}

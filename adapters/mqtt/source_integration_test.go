@@ -1,0 +1,398 @@
+//go:build integration
+
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
+)
+
+func testConfig(url, clientID string) Config {
+	return Config{
+		URL:      url,
+		ClientID: clientID,
+		Workers:  3,
+		Subscriptions: []Subscription{
+			{Topic: "factory/+/+/telemetry", QoS: qos(1), JSON: JSONFormat{TimeField: "ts"}},
+		},
+	}
+}
+
+func newSource(t *testing.T, cfg Config) *Source {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	s, err := New(cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// running is one Run call in the background.
+type running struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func start(t *testing.T, s *Source, out collector.Output) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Run(ctx, out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return r
+}
+
+// stop cancels the run and requires Run to return nil.
+func (r *running) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	if err := r.wait(t); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+}
+
+func (r *running) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err // for the cleanup
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return")
+		return nil
+	}
+}
+
+// connected waits until out saw n up transitions.
+func connected(t *testing.T, out *collectortest.Output, n int) {
+	t.Helper()
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		ups := 0
+		for _, up := range out.ConnectedStates() {
+			if up {
+				ups++
+			}
+		}
+		if ups < n {
+			return fmt.Errorf("%d connections reported up, want %d", ups, n)
+		}
+		return nil
+	})
+}
+
+func publisher(t *testing.T, url string) paho.Client {
+	t.Helper()
+	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("pub-%d", time.Now().UnixNano())).
+		SetCleanSession(true).SetAutoReconnect(false).SetProtocolVersion(4)
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publisher connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+// publish sends QoS 1 messages in order and waits for every PUBACK.
+func publish(t *testing.T, c paho.Client, msgs ...[2]string) {
+	t.Helper()
+	toks := make([]paho.Token, len(msgs))
+	for i, m := range msgs {
+		toks[i] = c.Publish(m[0], 1, false, m[1])
+	}
+	for i, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish %d to %s: %v", i, msgs[i][0], tok.Error())
+		}
+	}
+}
+
+func seqMsgs(topic string, from, n int) [][2]string {
+	out := make([][2]string, n)
+	for i := range out {
+		out[i] = [2]string{topic, fmt.Sprintf(`{"ts":%d,"seq":%d}`, 1732790000000+from+i, from+i)}
+	}
+	return out
+}
+
+// seqs returns the seq values received per topic, in order.
+func seqs(out *collectortest.Output) map[string][]int {
+	got := map[string][]int{}
+	for _, b := range out.Batches() {
+		for _, s := range b.Samples {
+			if s.Signal == "seq" {
+				v, _ := s.Value.AsInt()
+				got[b.Origin] = append(got[b.Origin], int(v))
+			}
+		}
+	}
+	return got
+}
+
+func countSeqs(out *collectortest.Output) int {
+	n := 0
+	for _, v := range seqs(out) {
+		n += len(v)
+	}
+	return n
+}
+
+func waitSeqs(t *testing.T, out *collectortest.Output, want int) {
+	t.Helper()
+	collectortest.Eventually(t, 30*time.Second, func() error {
+		if n := countSeqs(out); n < want {
+			return fmt.Errorf("%d of %d messages arrived", n, want)
+		}
+		return nil
+	})
+}
+
+// inOrder checks that topic received exactly from..from+n-1 in order.
+func inOrder(t *testing.T, got []int, topic string, from, n int) {
+	t.Helper()
+	if len(got) != n {
+		t.Fatalf("%s: %d messages, want %d", topic, len(got), n)
+	}
+	for i, v := range got {
+		if v != from+i {
+			t.Fatalf("%s: message %d has seq %d, want %d (order broken or message lost)", topic, i, v, from+i)
+		}
+	}
+}
+
+func TestSourceDeliversAllInOrder(t *testing.T) {
+	svc := collectortest.Mosquitto(t)
+	out := &collectortest.Output{}
+	start(t, newSource(t, testConfig(svc.URL(), "agent-order")), out)
+	connected(t, out, 1)
+
+	const topics, perTopic = 5, 400
+	pub := publisher(t, svc.URL())
+	var msgs [][2]string
+	for i := range perTopic {
+		for j := range topics {
+			msgs = append(msgs, seqMsgs(fmt.Sprintf("factory/l1/m%d/telemetry", j), i, 1)...)
+		}
+	}
+	publish(t, pub, msgs...)
+	waitSeqs(t, out, topics*perTopic)
+
+	got := seqs(out)
+	for j := range topics {
+		topic := fmt.Sprintf("factory/l1/m%d/telemetry", j)
+		inOrder(t, got[topic], topic, 0, perTopic)
+	}
+	for _, b := range out.Batches() {
+		if len(b.Samples) != 1 || b.Samples[0].SourceTime.Equal(b.Samples[0].ReceiveTime) {
+			t.Fatalf("batch %+v: want one seq sample with its payload time", b)
+		}
+	}
+	if bad := out.BadCounts(); len(bad) != 0 {
+		t.Errorf("bad inputs %v, want none", bad)
+	}
+}
+
+func TestSourcePersistentSession(t *testing.T) {
+	svc := collectortest.Mosquitto(t)
+	cfg := testConfig(svc.URL(), "agent-persist")
+	src := newSource(t, cfg)
+
+	first := &collectortest.Output{}
+	r := start(t, src, first)
+	connected(t, first, 1)
+	r.stop(t)
+	if states := first.ConnectedStates(); states[len(states)-1] {
+		t.Errorf("connection states %v: want down after stop", states)
+	}
+
+	const n = 500
+	topic := "factory/l1/m1/telemetry"
+	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 0, n)...)
+
+	second := &collectortest.Output{}
+	start(t, src, second)
+	waitSeqs(t, second, n)
+	inOrder(t, seqs(second)[topic], topic, 0, n)
+}
+
+func TestSourceBrokerRestart(t *testing.T) {
+	svc := collectortest.Mosquitto(t)
+	src := newSource(t, testConfig(svc.URL(), "agent-restart"))
+	out := &collectortest.Output{}
+	r := start(t, src, out)
+	connected(t, out, 1)
+	topic := "factory/l1/m1/telemetry"
+	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 0, 10)...)
+	waitSeqs(t, out, 10)
+
+	svc.Restart()
+	err := r.wait(t)
+	if err == nil || !strings.Contains(err.Error(), "mqtt broker "+svc.URL()) || !strings.Contains(err.Error(), "connection lost") {
+		t.Fatalf("Run after broker restart = %v, want a connection lost error naming the broker", err)
+	}
+	if states := out.ConnectedStates(); states[len(states)-1] {
+		t.Errorf("connection states %v: want down after the loss", states)
+	}
+
+	// What the pipeline's supervisor does: call Run again after a backoff.
+	ctx, cancel := context.WithCancel(context.Background())
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		for ctx.Err() == nil {
+			if err := src.Run(ctx, out); err != nil {
+				t.Logf("Run: %v (retrying)", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond): // backoff, not synchronisation
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-supervised })
+	connected(t, out, 2)
+
+	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 10, 10)...)
+	collectortest.Eventually(t, 30*time.Second, func() error {
+		got := seqs(out)[topic]
+		if len(got) == 0 || got[len(got)-1] != 19 {
+			return fmt.Errorf("received %v, want up to 19", got)
+		}
+		return nil
+	})
+}
+
+func TestSourceBadInput(t *testing.T) {
+	svc := collectortest.Mosquitto(t)
+	cfg := testConfig(svc.URL(), "agent-bad")
+	cfg.MaxPayloadBytes = 512
+	src := newSource(t, cfg)
+	out := &collectortest.Output{}
+	r := start(t, src, out)
+	connected(t, out, 1)
+
+	topic := "factory/l1/m1/telemetry"
+	big := `{"seq":99,"pad":"` + strings.Repeat("x", 600) + `"}`
+	publish(t, publisher(t, svc.URL()),
+		seqMsgs(topic, 0, 1)[0],
+		[2]string{topic, `{"seq":`},
+		seqMsgs(topic, 1, 1)[0],
+		[2]string{topic, big},
+		seqMsgs(topic, 2, 1)[0],
+		[2]string{topic, `{"ts":"never","seq":98}`},
+		[2]string{topic, `{"seq":3,"bad":1e999}`},
+	)
+	want := map[string]int{ReasonInvalidJSON: 1, ReasonOversized: 1, ReasonBadTimestamp: 1, ReasonNonFinite: 1}
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if got := out.BadCounts(); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("bad counts %v, want %v", got, want)
+		}
+		if n := countSeqs(out); n != 4 {
+			return fmt.Errorf("%d valid messages, want 4", n)
+		}
+		return nil
+	})
+	inOrder(t, seqs(out)[topic], topic, 0, 4)
+	for _, e := range out.BadErrors() {
+		if !strings.Contains(e.Error(), topic) {
+			t.Errorf("bad input error %q does not name the topic", e)
+		}
+	}
+
+	// Bad input was acked: a new session gets only what comes next.
+	r.stop(t)
+	again := &collectortest.Output{}
+	start(t, src, again)
+	connected(t, again, 1)
+	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 100, 1)...)
+	waitSeqs(t, again, 1)
+	if got := seqs(again)[topic]; len(got) != 1 || got[0] != 100 || len(again.BadCounts()) != 0 {
+		t.Errorf("after restart got %v and bad %v, want only seq 100: something was not acked", got, again.BadCounts())
+	}
+}
+
+// blockingOutput blocks in Emit until ctx ends, like a pipeline whose queue
+// stays full.
+type blockingOutput struct {
+	*collectortest.Output
+	entered atomic.Int32
+}
+
+func (o *blockingOutput) Emit(ctx context.Context, _ collector.Batch) error {
+	o.entered.Add(1)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestSourceNoAckWithoutEmit(t *testing.T) {
+	topic := "factory/l1/m1/telemetry"
+
+	t.Run("Emit error", func(t *testing.T) {
+		svc := collectortest.Mosquitto(t)
+		src := newSource(t, testConfig(svc.URL(), "agent-emit-error"))
+		failing := &collectortest.Output{EmitErr: errors.New("queue closed")}
+		r := start(t, src, failing)
+		connected(t, failing, 1)
+		publish(t, publisher(t, svc.URL()), seqMsgs(topic, 7, 1)...)
+		err := r.wait(t)
+		if !errors.Is(err, errEmitRefused) || !strings.Contains(err.Error(), "queue closed") {
+			t.Fatalf("Run = %v, want it to end with the Emit error", err)
+		}
+
+		out := &collectortest.Output{}
+		start(t, src, out)
+		waitSeqs(t, out, 1)
+		inOrder(t, seqs(out)[topic], topic, 7, 1)
+	})
+
+	t.Run("cancelled during Emit", func(t *testing.T) {
+		svc := collectortest.Mosquitto(t)
+		src := newSource(t, testConfig(svc.URL(), "agent-emit-cancel"))
+		blocked := &blockingOutput{Output: &collectortest.Output{}}
+		r := start(t, src, blocked)
+		connected(t, blocked.Output, 1)
+		publish(t, publisher(t, svc.URL()), seqMsgs(topic, 3, 2)...)
+		collectortest.Eventually(t, 10*time.Second, func() error {
+			if blocked.entered.Load() == 0 {
+				return errors.New("Emit not called yet")
+			}
+			return nil
+		})
+		r.stop(t)
+
+		out := &collectortest.Output{}
+		start(t, src, out)
+		waitSeqs(t, out, 2)
+		inOrder(t, seqs(out)[topic], topic, 3, 2)
+	})
+}
+
+func TestSourceConnectFailure(t *testing.T) {
+	port := collectortest.FreePort(t)
+	cfg := testConfig(fmt.Sprintf("tcp://127.0.0.1:%d", port), "agent-nobroker")
+	cfg.ConnectTimeout = 2 * time.Second
+	out := &collectortest.Output{}
+	err := newSource(t, cfg).Run(context.Background(), out)
+	if err == nil || !strings.Contains(err.Error(), cfg.URL) {
+		t.Fatalf("Run without a broker = %v, want an error naming %s", err, cfg.URL)
+	}
+}
