@@ -371,6 +371,12 @@ func (n *Normalizer) Normalize(b Batch, dst []Sample, problems []Problem) ([]Sam
 		} else {
 			s.Asset = asset
 		}
+		if s.Asset.Machine == "" {
+			// A series without a machine tag would be invisible on every
+			// dashboard; refusing it points the user at the asset rule.
+			problems = append(problems, Problem{Reason: "no_machine", Err: fmt.Errorf("origin %s, signal %s: no machine: set asset.machine, or an asset.from_origin template or asset.from_fields entry that matches", b.Origin, s.Signal)})
+			continue
+		}
 		if s.MachineType == "" {
 			s.MachineType = mtype
 		}

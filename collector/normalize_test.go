@@ -152,10 +152,16 @@ func TestNormalize(t *testing.T) {
 			problems: []string{"wrong_type"},
 		},
 		{
-			name:   "unmatched origin keeps fixed asset",
+			name:     "unmatched origin without a machine is refused",
+			origin:   "elsewhere/x",
+			in:       []Sample{raw("spindle_speed", Float(1))},
+			problems: []string{"no_machine"},
+		},
+		{
+			name:   "unmatched origin keeps fixed asset and sample's own machine",
 			origin: "elsewhere/x",
-			in:     []Sample{raw("spindle_speed", Float(1))},
-			want:   []Sample{{Asset: Asset{Site: "plant-1"}, MachineType: "cnc", Signal: SignalSpindleSpeed, Value: Float(1), Unit: "rpm"}},
+			in:     []Sample{{Asset: Asset{Machine: "m1"}, Signal: "spindle_speed", Value: Float(1), SourceTime: ts}},
+			want:   []Sample{{Asset: Asset{Site: "plant-1", Machine: "m1"}, MachineType: "cnc", Signal: SignalSpindleSpeed, Value: Float(1), Unit: "rpm"}},
 		},
 	}
 	for _, tt := range tests {
@@ -192,7 +198,7 @@ func TestNormalize(t *testing.T) {
 }
 
 func TestDeadband(t *testing.T) {
-	n, err := NewNormalizer(NormalizeConfig{Mapping: []MappingRule{{Match: "t", Signal: SignalTemperature, Deadband: 0.5}}})
+	n, err := NewNormalizer(NormalizeConfig{Asset: AssetRule{Machine: "m1"}, Mapping: []MappingRule{{Match: "t", Signal: SignalTemperature, Deadband: 0.5}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,10 +21,13 @@ type PipelineConfig struct {
 	// sink, in batches (one MQTT message is one batch). When it is full,
 	// sources block and stop acknowledging, so the broker holds the data.
 	QueueMessages int `yaml:"queue_messages"`
-	// BatchSize is the most samples per sink write.
-	BatchSize int `yaml:"batch_size"`
-	// FlushInterval is how long a partial batch may wait for more samples.
-	FlushInterval time.Duration `yaml:"flush_interval"`
+	// BatchSize is the most samples per sink write. It is not read from
+	// the pipeline's YAML section: the agent takes it from the sink's
+	// batch_size, so one knob sizes both the batch and the request.
+	BatchSize int `yaml:"-"`
+	// FlushInterval is how long a partial batch may wait for more samples;
+	// like BatchSize it comes from the sink's section.
+	FlushInterval time.Duration `yaml:"-"`
 	// RetryMin and RetryMax bound the exponential backoff, with jitter, of
 	// sink retries and source restarts.
 	RetryMin time.Duration `yaml:"retry_min"`

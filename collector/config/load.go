@@ -125,6 +125,12 @@ func syntaxProblem(name string, err error) Problem {
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		// yaml.v3 numbers parser errors ("did not find expected ...") from
+		// zero, pointing one line above the construct left open; scanner
+		// errors are right.
+		if strings.HasPrefix(m[2], "did not find expected") {
+			line++
+		}
 		return Problem{File: name, Line: line, Msg: "YAML syntax: " + m[2]}
 	}
 	return Problem{File: name, Msg: strings.TrimPrefix(msg, "yaml: ")}
@@ -222,6 +228,7 @@ func check(n *yaml.Node, t reflect.Type, key string, report func(n *yaml.Node, k
 			return
 		}
 		fields := yamlFields(t)
+		reportDuplicates(n, key, report)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			f, ok := fields[k.Value]
@@ -236,6 +243,7 @@ func check(n *yaml.Node, t reflect.Type, key string, report func(n *yaml.Node, k
 			report(n, key, "want a mapping, got "+describe(n))
 			return
 		}
+		reportDuplicates(n, key, report)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			check(n.Content[i+1], t.Elem(), joinKey(key, n.Content[i].Value), report)
 		}
@@ -257,7 +265,30 @@ func check(n *yaml.Node, t reflect.Type, key string, report func(n *yaml.Node, k
 	}
 }
 
+// reportDuplicates reports a key given twice in one mapping: YAML forbids
+// it, and which of the two values wins would be a guess.
+func reportDuplicates(n *yaml.Node, key string, report func(*yaml.Node, string, string)) {
+	first := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if line, ok := first[k.Value]; ok {
+			report(k, joinKey(key, k.Value), fmt.Sprintf("given twice (first on line %d); keep one", line))
+			continue
+		}
+		first[k.Value] = k.Line
+	}
+}
+
 func decodeScalar(n *yaml.Node, t reflect.Type, key string, report func(*yaml.Node, string, string)) {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		// yaml.v3 truncates 5000.5 into an int without a word.
+		if t != durationType && n.ShortTag() == "!!float" {
+			report(n, key, "want "+typeWord(t)+", got "+describe(n))
+			return
+		}
+	}
 	v := reflect.New(t)
 	if err := n.Decode(v.Interface()); err != nil {
 		msg := "want " + typeWord(t) + ", got " + describe(n)

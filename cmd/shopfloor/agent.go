@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
+	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
+	"github.com/noordoostpolder/shopfloor/collector"
+)
+
+// Agent is one running edge agent: its pipeline and its HTTP listener.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	pipeline *collector.Pipeline
+	registry *prometheus.Registry
+	listener net.Listener
+	started  time.Time
+}
+
+// NewAgent builds every source and the sink from a validated config and
+// binds the HTTP listener, so a port already in use fails before any data
+// is read.
+func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
+	if err := os.MkdirAll(cfg.Agent.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("agent.data_dir: %w; create it or point SHOPFLOOR_DATA_DIR at a writable folder", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoMetric(),
+	)
+
+	sources := make([]collector.SourceSpec, 0, len(cfg.Sources))
+	for _, sc := range cfg.Sources {
+		src, err := mqtt.New(*sc.MQTT, logger.With("source", sc.Name))
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %w", sc.Name, err)
+		}
+		sources = append(sources, collector.SourceSpec{Name: sc.Name, Source: src, Normalize: sc.normalize()})
+	}
+	sink, err := influxdb.New(*cfg.Sink.InfluxDB, influxdb.WithLogger(logger.With("sink", "influxdb")))
+	if err != nil {
+		return nil, fmt.Errorf("sink influxdb: %w", err)
+	}
+	p, err := collector.NewPipeline(cfg.Pipeline, sources, collector.SinkSpec{Name: "influxdb", Sink: sink}, collector.NewMetrics(reg), logger)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Agent.HTTP.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("agent.http.listen: %w; choose another port with SHOPFLOOR_HTTP", err)
+	}
+	return &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, listener: ln, started: time.Now()}, nil
+}
+
+// Addr is the HTTP listener's address, useful when the config asked for
+// port 0.
+func (a *Agent) Addr() net.Addr { return a.listener.Addr() }
+
+// Run serves HTTP and runs the pipeline until ctx is done, then drains the
+// pipeline and closes the listener. The listener stays up while draining,
+// so /readyz shows the shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- srv.Serve(a.listener) }()
+	a.log.Info("agent started", "http", "http://"+a.listener.Addr().String(), "sources", len(a.cfg.Sources), "data_dir", a.cfg.Agent.DataDir)
+
+	runErr := a.pipeline.Run(ctx)
+
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	if err := <-httpErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return errors.Join(runErr, fmt.Errorf("http listener: %w", err))
+	}
+	return runErr
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelError),
+		EnableOpenMetrics: true,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", a.serveReady)
+	return mux
+}
+
+// Readiness is the /readyz body.
+type Readiness struct {
+	Ready bool `json:"ready"`
+	// NotReady says, one line per component, what is down and why.
+	NotReady      []string                    `json:"not_ready,omitempty"`
+	QueuedSamples int64                       `json:"queued_samples"`
+	Components    []collector.ComponentStatus `json:"components"`
+}
+
+func (a *Agent) readiness() Readiness {
+	r := Readiness{Ready: true, QueuedSamples: a.pipeline.QueuedSamples(), Components: a.pipeline.Status()}
+	for _, c := range r.Components {
+		if c.Up {
+			continue
+		}
+		r.Ready = false
+		msg := fmt.Sprintf("%s %s: down for %s", c.Kind, c.Name, time.Since(c.Since).Round(time.Second))
+		if c.LastError != "" {
+			msg += ": " + c.LastError
+		}
+		r.NotReady = append(r.NotReady, msg)
+	}
+	return r
+}
+
+func (a *Agent) serveReady(w http.ResponseWriter, _ *http.Request) {
+	r := a.readiness()
+	w.Header().Set("Content-Type", "application/json")
+	if !r.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(r)
+}
+
+func buildInfoMetric() prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "shopfloor_build_info",
+		Help:        "Always 1; the labels say which build is running.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit(), "goversion": goVersion()},
+	})
+	g.Set(1)
+	return g
+}

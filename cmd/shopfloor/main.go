@@ -1,0 +1,174 @@
+// Command shopfloor is the edge agent of the Noordoostpolder manufacturing
+// cluster: it reads machine data over MQTT (and, as it grows, OPC UA and
+// Sparkplug B), normalises it and writes it to InfluxDB.
+//
+// Usage:
+//
+//	shopfloor agent --config FILE   run the agent
+//	shopfloor check --config FILE   validate a config, print every problem
+//	shopfloor version               print version, commit and Go version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/noordoostpolder/shopfloor/collector/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// Exit codes: 2 is the conventional code for a usage or config error, so
+// a service manager can tell "fix the file" from "crashed".
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitUsage  = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `shopfloor — machine data collector for the shop floor
+
+Usage:
+  shopfloor agent --config FILE   run the agent until SIGTERM or Ctrl-C
+  shopfloor check --config FILE   check a config file and print every problem
+  shopfloor version               print version, commit and Go version
+
+Run 'shopfloor COMMAND -h' for the flags of a command.
+`
+
+// run is main without the process exit, so tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "agent":
+		return runAgent(rest, stdout, stderr)
+	case "check":
+		return runCheck(rest, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "shopfloor %s\ncommit %s\n%s\n", version, commit(), goVersion())
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "shopfloor: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+// configFlag parses a subcommand's flags, which today are only --config.
+// The standard flag package is enough for that; a CLI framework would add
+// a dependency for nothing.
+func configFlag(name string, args []string, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet("shopfloor "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "the YAML config `file` (see deploy/examples/mqtt-json.yaml)")
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "shopfloor %s: give exactly one --config FILE\n", name)
+		fs.Usage()
+		return "", false
+	}
+	return *path, true
+}
+
+func loadConfig(path string, stderr io.Writer) (Config, bool) {
+	var cfg Config
+	err := config.Load(path, &cfg, os.LookupEnv)
+	if err == nil {
+		return cfg, true
+	}
+	var ps config.Problems
+	if errors.As(err, &ps) {
+		for _, p := range ps {
+			fmt.Fprintln(stderr, p)
+		}
+		fmt.Fprintf(stderr, "%s: %d problem(s); fix them and run 'shopfloor check --config %s' again\n", path, len(ps), path)
+	} else {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+	}
+	return Config{}, false
+}
+
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	cfg, ok := loadConfig(path, stderr)
+	if !ok {
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d source(s), InfluxDB %s bucket %s)\n", path, len(cfg.Sources), cfg.Sink.InfluxDB.URL, cfg.Sink.InfluxDB.Bucket)
+	return exitOK
+}
+
+func runAgent(args []string, _, stderr io.Writer) int {
+	path, ok := configFlag("agent", args, stderr)
+	if !ok {
+		return exitUsage
+	}
+	cfg, ok := loadConfig(path, stderr)
+	if !ok {
+		fmt.Fprintln(stderr, "shopfloor agent: not starting with an invalid config")
+		return exitUsage
+	}
+	logger := newLogger(stderr, cfg.Agent.Log)
+	routePahoLogs(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	a, err := NewAgent(cfg, logger)
+	if err != nil {
+		logger.Error("agent cannot start", "err", err)
+		return exitFailed
+	}
+	if err := a.Run(ctx); err != nil {
+		logger.Error("agent stopped with an error", "err", err)
+		return exitFailed
+	}
+	logger.Info("agent stopped")
+	return exitOK
+}
+
+// commit is the VCS revision the binary was built from, as the Go
+// toolchain recorded it.
+func commit() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "unknown", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+func goVersion() string { return runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH }
