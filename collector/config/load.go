@@ -75,7 +75,7 @@ func Parse(name string, data []byte, dst any, getenv func(string) (string, bool)
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return Problems{syntaxProblem(name, err)}
+		return Problems{syntaxProblem(name, data, err)}
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return Problems{{File: name, Line: 1, Msg: "the file is empty; see deploy/examples/ for a starting point"}}
@@ -121,14 +121,15 @@ func sorted(ps Problems) Problems {
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-func syntaxProblem(name string, err error) Problem {
+func syntaxProblem(name string, data []byte, err error) Problem {
 	msg := err.Error()
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
 		// yaml.v3 numbers parser errors ("did not find expected ...") from
 		// zero, pointing one line above the construct left open; scanner
 		// errors are right.
-		if strings.HasPrefix(m[2], "did not find expected") {
+		// At the end of the file it counts the line after the last one.
+		if strings.HasPrefix(m[2], "did not find expected") && line < len(strings.Split(strings.TrimRight(string(data), "\n"), "\n")) {
 			line++
 		}
 		return Problem{File: name, Line: line, Msg: "YAML syntax: " + m[2]}

@@ -76,6 +76,9 @@ func TestParseProblems(t *testing.T) {
 			[]string{"cfg.yaml:1: environment variable SECRET is not set; set it or write ${SECRET:-default}"}},
 		{"bad reference", "password: ${SECRET\n", nil, []string{`cfg.yaml:1: "${SECRET" is not a valid variable reference`}},
 		{"syntax", "sources:\n  - url: [\n", nil, []string{"cfg.yaml:2: YAML syntax: did not find expected node content"}},
+		{"unclosed flow mapping", "debug: true\nsources: {name: a\npassword: x\n", nil, []string{"cfg.yaml:2: YAML syntax: did not find expected"}},
+		{"duplicate key", "sources:\n  - name: a\n    url: u\n    name: b\n", nil, []string{`cfg.yaml:4: sources[0].name: given twice (first on line 2)`}},
+		{"fraction for whole number", "sources:\n  - url: u\n    qos: 0.5\n", nil, []string{`cfg.yaml:3: sources[0].qos: want a whole number, got "0.5"`}},
 		{"empty", "", nil, []string{"cfg.yaml:1: the file is empty"}},
 		{"nested unknown", "sources:\n  - url: u\n    tls:\n      ca: x\n", nil, []string{"cfg.yaml:4: sources[0].tls.ca: unknown key"}},
 	}
