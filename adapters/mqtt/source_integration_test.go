@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
@@ -100,36 +98,10 @@ func connected(t *testing.T, out *collectortest.Output, n int) {
 	})
 }
 
-func publisher(t *testing.T, url string) paho.Client {
-	t.Helper()
-	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("pub-%d", time.Now().UnixNano())).
-		SetCleanSession(true).SetAutoReconnect(false).SetProtocolVersion(4)
-	c := paho.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("publisher connect: %v", tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(100) })
-	return c
-}
-
-// publish sends QoS 1 messages in order and waits for every PUBACK.
-func publish(t *testing.T, c paho.Client, msgs ...[2]string) {
-	t.Helper()
-	toks := make([]paho.Token, len(msgs))
-	for i, m := range msgs {
-		toks[i] = c.Publish(m[0], 1, false, m[1])
-	}
-	for i, tok := range toks {
-		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-			t.Fatalf("publish %d to %s: %v", i, msgs[i][0], tok.Error())
-		}
-	}
-}
-
-func seqMsgs(topic string, from, n int) [][2]string {
-	out := make([][2]string, n)
+func seqMsgs(topic string, from, n int) []collectortest.Message {
+	out := make([]collectortest.Message, n)
 	for i := range out {
-		out[i] = [2]string{topic, fmt.Sprintf(`{"ts":%d,"seq":%d}`, 1732790000000+from+i, from+i)}
+		out[i] = collectortest.Message{Topic: topic, Payload: fmt.Sprintf(`{"ts":%d,"seq":%d}`, 1732790000000+from+i, from+i)}
 	}
 	return out
 }
@@ -186,14 +158,14 @@ func TestSourceDeliversAllInOrder(t *testing.T) {
 	connected(t, out, 1)
 
 	const topics, perTopic = 5, 400
-	pub := publisher(t, svc.URL())
-	var msgs [][2]string
+	pub := collectortest.Publisher(t, svc.URL())
+	var msgs []collectortest.Message
 	for i := range perTopic {
 		for j := range topics {
 			msgs = append(msgs, seqMsgs(fmt.Sprintf("factory/l1/m%d/telemetry", j), i, 1)...)
 		}
 	}
-	publish(t, pub, msgs...)
+	collectortest.Publish(t, pub, msgs...)
 	waitSeqs(t, out, topics*perTopic)
 
 	got := seqs(out)
@@ -226,7 +198,7 @@ func TestSourcePersistentSession(t *testing.T) {
 
 	const n = 500
 	topic := "factory/l1/m1/telemetry"
-	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 0, n)...)
+	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 0, n)...)
 
 	second := &collectortest.Output{}
 	start(t, src, second)
@@ -241,7 +213,7 @@ func TestSourceBrokerRestart(t *testing.T) {
 	r := start(t, src, out)
 	connected(t, out, 1)
 	topic := "factory/l1/m1/telemetry"
-	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 0, 10)...)
+	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 0, 10)...)
 	waitSeqs(t, out, 10)
 
 	svc.Restart()
@@ -271,7 +243,7 @@ func TestSourceBrokerRestart(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-supervised })
 	connected(t, out, 2)
 
-	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 10, 10)...)
+	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 10, 10)...)
 	collectortest.Eventually(t, 30*time.Second, func() error {
 		got := seqs(out)[topic]
 		if len(got) == 0 || got[len(got)-1] != 19 {
@@ -292,14 +264,14 @@ func TestSourceBadInput(t *testing.T) {
 
 	topic := "factory/l1/m1/telemetry"
 	big := `{"seq":99,"pad":"` + strings.Repeat("x", 600) + `"}`
-	publish(t, publisher(t, svc.URL()),
+	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()),
 		seqMsgs(topic, 0, 1)[0],
-		[2]string{topic, `{"seq":`},
+		collectortest.Message{Topic: topic, Payload: `{"seq":`},
 		seqMsgs(topic, 1, 1)[0],
-		[2]string{topic, big},
+		collectortest.Message{Topic: topic, Payload: big},
 		seqMsgs(topic, 2, 1)[0],
-		[2]string{topic, `{"ts":"never","seq":98}`},
-		[2]string{topic, `{"seq":3,"bad":1e999}`},
+		collectortest.Message{Topic: topic, Payload: `{"ts":"never","seq":98}`},
+		collectortest.Message{Topic: topic, Payload: `{"seq":3,"bad":1e999}`},
 	)
 	want := map[string]int{ReasonInvalidJSON: 1, ReasonOversized: 1, ReasonBadTimestamp: 1, ReasonNonFinite: 1}
 	collectortest.Eventually(t, 10*time.Second, func() error {
@@ -323,7 +295,7 @@ func TestSourceBadInput(t *testing.T) {
 	again := &collectortest.Output{}
 	start(t, src, again)
 	connected(t, again, 1)
-	publish(t, publisher(t, svc.URL()), seqMsgs(topic, 100, 1)...)
+	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 100, 1)...)
 	waitSeqs(t, again, 1)
 	if got := seqs(again)[topic]; len(got) != 1 || got[0] != 100 || len(again.BadCounts()) != 0 {
 		t.Errorf("after restart got %v and bad %v, want only seq 100: something was not acked", got, again.BadCounts())
@@ -352,7 +324,7 @@ func TestSourceNoAckWithoutEmit(t *testing.T) {
 		failing := &collectortest.Output{EmitErr: errors.New("queue closed")}
 		r := start(t, src, failing)
 		connected(t, failing, 1)
-		publish(t, publisher(t, svc.URL()), seqMsgs(topic, 7, 1)...)
+		collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 7, 1)...)
 		err := r.wait(t)
 		if !errors.Is(err, errEmitRefused) || !strings.Contains(err.Error(), "queue closed") {
 			t.Fatalf("Run = %v, want it to end with the Emit error", err)
@@ -370,7 +342,7 @@ func TestSourceNoAckWithoutEmit(t *testing.T) {
 		blocked := &blockingOutput{Output: &collectortest.Output{}}
 		r := start(t, src, blocked)
 		connected(t, blocked.Output, 1)
-		publish(t, publisher(t, svc.URL()), seqMsgs(topic, 3, 2)...)
+		collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 3, 2)...)
 		collectortest.Eventually(t, 10*time.Second, func() error {
 			if blocked.entered.Load() == 0 {
 				return errors.New("Emit not called yet")

@@ -46,10 +46,13 @@ func (p pahoLogger) Printf(format string, v ...any) {
 	p.log.Log(context.Background(), p.level, strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "paho")
 }
 
-// routePahoLogs points paho's ERROR, CRITICAL and WARN loggers at logger.
-// Its DEBUG logger stays silent: it logs every packet.
+// routePahoLogs sends paho's package-level loggers to logger. Its ERROR and
+// WARN lines go to debug: they repeat, without the source's name, what the
+// MQTT source already logs with context (connection lost, reconnecting),
+// and some are noise on a clean shutdown. CRITICAL stays an error. The
+// DEBUG logger stays silent: it logs every packet.
 func routePahoLogs(logger *slog.Logger) {
-	paho.ERROR = pahoLogger{logger, slog.LevelError}
 	paho.CRITICAL = pahoLogger{logger, slog.LevelError}
-	paho.WARN = pahoLogger{logger, slog.LevelWarn}
+	paho.ERROR = pahoLogger{logger, slog.LevelDebug}
+	paho.WARN = pahoLogger{logger, slog.LevelDebug}
 }
