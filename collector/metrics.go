@@ -22,7 +22,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shopfloor_source_messages_total",
-			Help: "Messages (MQTT publishes, OPC UA notification sets) received per source.",
+			Help: "Messages (MQTT publishes, OPC UA notification sets) a source delivered to the pipeline; a message refused whole counts only in shopfloor_source_bad_inputs_total.",
 		}, []string{"source"}),
 		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shopfloor_source_samples_total",

@@ -27,6 +27,10 @@ func TestUnitConversions(t *testing.T) {
 		{"ratio", "%", 0.42, 42},
 		{"ms", "s", 1500, 1.5},
 		{"W", "W", 7, 7},
+		{"MW", "kW", 1.5, 1500},
+		{"mW", "W", 1500, 1.5},
+		{"MWh", "kWh", 2, 2000},
+		{"mWh", "Wh", 2000, 2},
 	}
 	for _, tt := range tests {
 		c, err := NewUnitConversion(tt.from, tt.to)
@@ -37,7 +41,7 @@ func TestUnitConversions(t *testing.T) {
 			t.Errorf("%v %s in %s = %v, want %v", tt.in, tt.from, tt.to, got, tt.want)
 		}
 	}
-	for _, bad := range [][2]string{{"kW", "°C"}, {"furlong", "mm"}, {"W", "parsec"}} {
+	for _, bad := range [][2]string{{"kW", "°C"}, {"furlong", "mm"}, {"W", "parsec"}, {"mw", "W"}} {
 		if _, err := NewUnitConversion(bad[0], bad[1]); err == nil {
 			t.Errorf("%s->%s: want an error", bad[0], bad[1])
 		}

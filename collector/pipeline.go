@@ -286,7 +286,7 @@ type ComponentStatus struct {
 	Up          bool      `json:"up"`
 	Since       time.Time `json:"since"`
 	LastError   string    `json:"last_error,omitempty"`
-	LastErrorAt time.Time `json:"last_error_at,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // Status returns the state of every source and of the sink.

@@ -17,13 +17,14 @@ type unit struct {
 
 // units lists the units mapping rules may name. The spellings are the ones
 // PLC programmers and OPC UA EngineeringUnits display names actually use;
-// lookups are case-insensitive after trimming.
+// lookups are case-insensitive after trimming, except for the mega/milli
+// pairs in caseSensitiveUnits.
 var units = map[string]unit{
 	// power, base W
-	"w": {"power", 1, 0}, "kw": {"power", 1e3, 0}, "mw": {"power", 1e6, 0},
+	"w": {"power", 1, 0}, "kw": {"power", 1e3, 0},
 	// energy, base Wh
-	"wh": {"energy", 1, 0}, "kwh": {"energy", 1e3, 0}, "mwh": {"energy", 1e6, 0},
-	"j": {"energy", 1.0 / 3600, 0}, "kj": {"energy", 1e3 / 3600, 0}, "mj": {"energy", 1e6 / 3600, 0},
+	"wh": {"energy", 1, 0}, "kwh": {"energy", 1e3, 0},
+	"j": {"energy", 1.0 / 3600, 0}, "kj": {"energy", 1e3 / 3600, 0},
 	// temperature, base °C
 	"c": {"temperature", 1, 0}, "°c": {"temperature", 1, 0}, "degc": {"temperature", 1, 0}, "celsius": {"temperature", 1, 0},
 	"f": {"temperature", 5.0 / 9, -32 * 5.0 / 9}, "°f": {"temperature", 5.0 / 9, -32 * 5.0 / 9}, "degf": {"temperature", 5.0 / 9, -32 * 5.0 / 9}, "fahrenheit": {"temperature", 5.0 / 9, -32 * 5.0 / 9},
@@ -48,8 +49,20 @@ var units = map[string]unit{
 	"mm": {"length", 1, 0}, "cm": {"length", 10, 0}, "m": {"length", 1000, 0}, "in": {"length", 25.4, 0},
 }
 
+// caseSensitiveUnits are the spellings where case is the whole meaning:
+// MW is a million times W, mW a thousandth. They are looked up exactly.
+var caseSensitiveUnits = map[string]unit{
+	"MW": {"power", 1e6, 0}, "mW": {"power", 1e-3, 0},
+	"MWh": {"energy", 1e6, 0}, "mWh": {"energy", 1e-3, 0},
+	"MJ": {"energy", 1e6 / 3600, 0}, "mJ": {"energy", 1e-3 / 3600, 0},
+}
+
 func lookupUnit(name string) (unit, bool) {
-	u, ok := units[strings.ToLower(strings.TrimSpace(name))]
+	name = strings.TrimSpace(name)
+	if u, ok := caseSensitiveUnits[name]; ok {
+		return u, true
+	}
+	u, ok := units[strings.ToLower(name)]
 	return u, ok
 }
 
@@ -92,8 +105,11 @@ func (c UnitConversion) Apply(v float64) float64 {
 }
 
 func knownUnits() string {
-	names := make([]string, 0, len(units))
+	names := make([]string, 0, len(units)+len(caseSensitiveUnits))
 	for n := range units {
+		names = append(names, n)
+	}
+	for n := range caseSensitiveUnits {
 		names = append(names, n)
 	}
 	sort.Strings(names)

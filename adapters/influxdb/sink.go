@@ -3,8 +3,10 @@
 // 3.x and Cloud.
 //
 // The sink does not retry by itself: it classifies each failure as
-// retryable (network, timeout, 5xx, 429, with the server's Retry-After) or
-// as a refusal of the batch (other 4xx), and the pipeline decides.
+// retryable (network, timeout, 5xx, 429 with the server's Retry-After, and
+// 401/403/404, which a person must fix and which say nothing about the
+// data) or as a refusal of the batch (400, 413, 422), and the pipeline
+// decides.
 package influxdb
 
 import (
@@ -154,7 +156,7 @@ func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
 		}
 		refused = append(refused, werr)
 		if werr.StatusCode != http.StatusBadRequest && werr.StatusCode != http.StatusUnprocessableEntity {
-			break // auth, bucket or size: every other request would fail the same way
+			break // size or an odd status: every other request would fail the same way
 		}
 	}
 	return errors.Join(refused...)
@@ -234,10 +236,17 @@ func (s *Sink) classify(ctx context.Context, err error, points, stored int) (*Wr
 		if strings.Contains(we.Reason, "partial write") {
 			we.msg += " (the request's other points were stored)"
 		}
+	// Credentials and a missing bucket say nothing about the data: every
+	// batch would fail the same way until a person fixes the server or
+	// the config. Retrying keeps the data (the queue fills and the broker
+	// holds the rest) and shows the sink as down, where dropping would
+	// lose everything quietly.
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		we.msg = fmt.Sprintf("%s refused the credentials (%d): %s; check token (an InfluxDB 1.8 with auth takes \"user:password\") and that it may write to the bucket", where, code, we.Reason)
+		we.msg = fmt.Sprintf("%s refused the credentials (%d): %s; check token (an InfluxDB 1.8 with auth takes \"user:password\") and that it may write to the bucket; writes are retried until then", where, code, we.Reason)
+		retryable = true
 	case code == http.StatusNotFound:
-		we.msg = fmt.Sprintf("%s has no such bucket or org %q (404): %s; create it, or fix bucket and org (InfluxDB 1.8: bucket \"db/rp\" of an existing database)", where, s.cfg.Org, we.Reason)
+		we.msg = fmt.Sprintf("%s has no such bucket or org %q (404): %s; create it, or fix bucket and org (InfluxDB 1.8: bucket \"db/rp\" of an existing database); writes are retried until then", where, s.cfg.Org, we.Reason)
+		retryable = true
 	case code == http.StatusRequestEntityTooLarge:
 		we.msg = fmt.Sprintf("%s refused a request of %d points as too large (413): %s; lower batch_size or raise the server's limit", where, points, we.Reason)
 	default:

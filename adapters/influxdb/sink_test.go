@@ -123,9 +123,9 @@ func TestWriteErrors(t *testing.T) {
 			body:     `{"error":"` + strings.ReplaceAll(conflict, `"`, `\"`) + `"}`,
 			contains: []string{"(400)", conflict}},
 		{name: "401", status: 401, header: map[string]string{"Content-Type": "application/json"}, body: `{"code":"unauthorized","message":"unauthorized access"}`,
-			contains: []string{"(401)", "unauthorized access", "token"}},
+			retryable: true, contains: []string{"(401)", "unauthorized access", "token", "retried"}},
 		{name: "404 bucket", status: 404, header: map[string]string{"Content-Type": "application/json"}, body: `{"code":"not found","message":"bucket \"nope\" not found"}`,
-			contains: []string{"(404)", `bucket "nope" not found`, "create it"}},
+			retryable: true, contains: []string{"(404)", `bucket "nope" not found`, "create it", "retried"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

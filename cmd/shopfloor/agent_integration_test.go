@@ -196,12 +196,8 @@ next:
 
 // telemetry is one message of the example's shape.
 func telemetry(line, machine string, ts int64, i int) collectortest.Message {
-	states := []string{"running", "idle", "setup"}
-	return collectortest.Message{
-		Topic: fmt.Sprintf("factory/%s/%s/telemetry", line, machine),
-		Payload: fmt.Sprintf(`{"ts":%d,"state":%q,"spindle_speed":%d,"spindle_load":%.1f,"part_count":%d,"temperature":36.25,"power_w":5400.5,"program":"O%04d"}`,
-			ts, states[i%len(states)], 12000+i, 40+float64(i%100)/10, i, 1000+i%7),
-	}
+	p := telemetryPayload(line, machine, ts, i)
+	return collectortest.Message{Topic: p[0], Payload: p[1]}
 }
 
 // countField waits until db holds want points of field, and fails if it
@@ -454,10 +450,20 @@ func TestMetricsPassPromtool(t *testing.T) {
 	)
 	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 1, 30*time.Second)
 
-	code, body := agent.get("/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics %d", code)
-	}
+	// The point can be visible in InfluxDB a moment before the writer
+	// counts it.
+	var body string
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		var code int
+		code, body = agent.get("/metrics")
+		if code != http.StatusOK {
+			return fmt.Errorf("/metrics %d", code)
+		}
+		if n := metric(body, "shopfloor_sink_samples_written_total", "sink=influxdb"); n != 7 {
+			return fmt.Errorf("shopfloor_sink_samples_written_total = %v, want 7", n)
+		}
+		return nil
+	})
 	for _, name := range []string{
 		"shopfloor_source_messages_total", "shopfloor_source_samples_total", "shopfloor_source_bad_inputs_total",
 		"shopfloor_sink_samples_written_total", "shopfloor_sink_batch_duration_seconds_bucket",
@@ -474,5 +480,48 @@ func TestMetricsPassPromtool(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out.String())
 	}
+	agent.stop()
+}
+
+// TestDeadDatabaseLosesNothing: while InfluxDB is down, or up without the
+// database, the agent reports the sink as not ready and keeps the data
+// (its queue, then the broker); once the database is back, everything
+// arrives.
+func TestDeadDatabaseLosesNothing(t *testing.T) {
+	broker, influx := collectortest.Mosquitto(t), collectortest.Influx(t)
+	agent := startAgent(t, exampleConfig, broker, influx, "shopfloor")
+	pub := collectortest.Publisher(t, broker.URL())
+	msgs := func(from, n int) []collectortest.Message {
+		out := make([]collectortest.Message, n)
+		for i := range out {
+			out[i] = telemetry("line-4", fmt.Sprintf("cnc-4%d", (from+i)%3), baseMS+int64(from+i)*10, from+i)
+		}
+		return out
+	}
+	notReady := func(want string) {
+		t.Helper()
+		collectortest.Eventually(t, 30*time.Second, func() error {
+			code, body := agent.get("/readyz")
+			if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
+				return fmt.Errorf("/readyz %d %s, want 503 naming %q", code, body, want)
+			}
+			return nil
+		})
+	}
+
+	// No database yet: a 404 that a person must fix, not a reason to drop.
+	collectortest.Publish(t, pub, msgs(0, 200)...)
+	notReady("no such bucket")
+	collectortest.CreateDatabase(t, influx.URL(), "shopfloor")
+	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 200, 60*time.Second)
+	agent.waitReady()
+
+	// The server goes away mid-stream and comes back.
+	influx.Stop()
+	collectortest.Publish(t, pub, msgs(200, 300)...)
+	notReady("cannot be reached")
+	influx.Start()
+	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 500, 90*time.Second)
+	agent.waitReady()
 	agent.stop()
 }

@@ -85,8 +85,14 @@ func (c *Config) SetDefaults() {
 	}
 	if s := c.Sink.InfluxDB; s != nil {
 		s.SetDefaults()
-		c.Pipeline.BatchSize = s.BatchSize
-		c.Pipeline.FlushInterval = s.FlushInterval
+		// An invalid value is reported once, under the sink's key; the
+		// pipeline then keeps its own default.
+		if s.BatchSize > 0 {
+			c.Pipeline.BatchSize = s.BatchSize
+		}
+		if s.FlushInterval > 0 {
+			c.Pipeline.FlushInterval = s.FlushInterval
+		}
 	}
 	c.Pipeline.SetDefaults()
 	for i := range c.Sources {

@@ -33,7 +33,7 @@ ensure_apt() { # binary package...: apt-get install the packages when binary is 
 ensure_influxd() { # sets INFLUXD to an influxd 1.8 binary, building it once into the cache
   INFLUXD="$SHOPFLOOR_CACHE/bin/influxd"
   if [ -x "$INFLUXD" ]; then return 0; fi
-  echo "install: building influxd $INFLUXD_VERSION into $SHOPFLOOR_CACHE/bin (first run only, about 2 minutes)..." >&2
+  echo "install: building influxd $INFLUXD_VERSION into $SHOPFLOOR_CACHE/bin (first run only, about a minute)..." >&2
   mkdir -p "$SHOPFLOOR_CACHE/bin"
   local start=$SECONDS
   (cd "$SHOPFLOOR_CACHE" && GOFLAGS=-buildvcs=false GOBIN="$SHOPFLOOR_CACHE/bin" \

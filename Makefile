@@ -1,0 +1,39 @@
+# shopfloor: the two commands a newcomer needs are `make demo` and
+# `make test`; the rest is for developers.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+FUZZTIME ?= 2m
+
+.PHONY: all build test demo bench fuzz lint clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/shopfloor ./cmd/shopfloor
+
+# Installs what is missing (mosquitto, promtool, influxd 1.8.10 into
+# ~/.cache/shopfloor), starts the services on free loopback ports, runs
+# gofmt, vet, every test and short fuzz runs, and stops the services.
+test:
+	bash deploy/scripts/testenv.sh bash deploy/scripts/test.sh
+
+demo:
+	@echo "make demo arrives with the simulated machines (issue 4); until then see README.md, 'Running the agent'." >&2
+	@exit 2
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeJSON$$' -fuzztime $(FUZZTIME) ./adapters/mqtt
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./collector/config
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./...
+
+clean:
+	rm -rf bin
