@@ -14,6 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/noordoostpolder/shopfloor/collector"
 )
@@ -207,7 +208,7 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		return finish(nil, false)
 	}
 	if err := tok.Error(); err != nil {
-		return finish(fmt.Errorf("%s: connect: %w", broker, err), false)
+		return finish(fmt.Errorf("%s: connect: %w%s", broker, err, connectHint(err)), false)
 	}
 
 	if err := r.subscribe(client, lost); err != nil {
@@ -397,4 +398,24 @@ func shardOf(topic string, n int) int {
 		h *= prime32
 	}
 	return int(h % uint32(n))
+}
+
+// connectHint says what to check for the connect failures people meet
+// when commissioning a broker connection.
+func connectHint(err error) string {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	switch {
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
+		return "; check username and password, and the broker's ACL for this client"
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return "; the broker refused client_id; choose another"
+	case errors.As(err, &unknownCA):
+		return "; the broker's certificate is not signed by a CA in tls.ca_file"
+	case errors.As(err, &hostname):
+		return "; the broker's certificate does not name this host; set tls.server_name to a name it has"
+	case strings.Contains(err.Error(), "remote error: tls"):
+		return "; the broker refused the TLS handshake: check tls.cert_file and tls.key_file against the CA the broker trusts"
+	}
+	return ""
 }

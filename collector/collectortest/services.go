@@ -134,7 +134,11 @@ func Mosquitto(t testing.TB, extraConf ...string) *Service {
 	bin := binary(t, EnvMosquitto)
 	dir := t.TempDir()
 	port := FreePort(t)
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
+	// user root: run as root (CI is), Mosquitto would otherwise switch to
+	// the mosquitto user, which cannot read the test's private temp
+	// folders (persistence, certificates, password file).
+	conf := fmt.Sprintf(`user root
+listener %d 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location %s/
