@@ -173,7 +173,10 @@ func TestSourceTLSRefusals(t *testing.T) {
 	}{
 		{"wrong password", func(c *Config) { c.Password = "guess" }, "check username and password"},
 		{"broker cert from an unknown CA", func(c *Config) { c.TLS.CAFile = stranger.CA }, "not signed by a ca in tls.ca_file"},
-		{"client cert from an unknown CA", func(c *Config) { c.TLS.CertFile, c.TLS.KeyFile = strangerCert, strangerKey }, "check tls.cert_file"},
+		// With TLS 1.3 the client learns of the refusal either as the
+		// broker's alert or as a reset on its first write, whichever
+		// comes first, so only the failure itself is certain.
+		{"client cert from an unknown CA", func(c *Config) { c.TLS.CertFile, c.TLS.KeyFile = strangerCert, strangerKey }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
