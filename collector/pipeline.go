@@ -417,6 +417,7 @@ func (r *sourceRunner) Connected(up bool, err error) {
 // the ones it held back, so a flood of bad input cannot flood the log.
 type rateLimiter struct {
 	every time.Duration
+	now   func() time.Time // a field so tests need not sleep
 	mu    sync.Mutex
 	keys  map[string]*rateEntry
 }
@@ -427,7 +428,7 @@ type rateEntry struct {
 }
 
 func newRateLimiter(every time.Duration) *rateLimiter {
-	return &rateLimiter{every: every, keys: map[string]*rateEntry{}}
+	return &rateLimiter{every: every, now: time.Now, keys: map[string]*rateEntry{}}
 }
 
 func (l *rateLimiter) allow(key string) (suppressed int, ok bool) {
@@ -438,7 +439,7 @@ func (l *rateLimiter) allow(key string) (suppressed int, ok bool) {
 		e = &rateEntry{}
 		l.keys[key] = e
 	}
-	now := time.Now()
+	now := l.now()
 	if now.Sub(e.last) < l.every {
 		e.suppressed++
 		return 0, false

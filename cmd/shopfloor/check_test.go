@@ -121,3 +121,28 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestLoggerFormats(t *testing.T) {
+	tests := []struct {
+		cfg      LogConfig
+		wantLine string
+		silent   bool
+	}{
+		{LogConfig{Level: "info", Format: "json"}, `"msg":"hello"`, false},
+		{LogConfig{Level: "info", Format: "text"}, `msg=hello`, false},
+		{LogConfig{Level: "warn", Format: "text"}, ``, true},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		newLogger(&buf, tt.cfg).Info("hello", "source", "factory-mqtt")
+		if tt.silent {
+			if buf.Len() != 0 {
+				t.Errorf("%+v: logged %q at info, want nothing", tt.cfg, buf.String())
+			}
+			continue
+		}
+		if !strings.Contains(buf.String(), tt.wantLine) || !strings.Contains(buf.String(), "factory-mqtt") {
+			t.Errorf("%+v: logged %q, want %s", tt.cfg, buf.String(), tt.wantLine)
+		}
+	}
+}
