@@ -41,3 +41,26 @@ ensure_influxd() { # sets INFLUXD to an influxd 1.8 binary, building it once int
     { echo "install: go install influxd failed; check that the Go module proxy is reachable" >&2; return 1; }
   echo "install: influxd ready after $((SECONDS - start)) s" >&2
 }
+
+ensure_npm_deps() { # install the npm packages of every interop test harness
+  # Each adapter that tests against an independent implementation (node-opcua,
+  # sparkplug-payload) keeps a package.json under its testdata/; the
+  # packages go into that folder's node_modules, which git ignores.
+  ensure_apt node nodejs npm || return 1
+  local dir
+  for dir in $(find "$1" -path '*/node_modules' -prune -o -name package.json -path '*/testdata/*' -print | xargs -r -n1 dirname | sort); do
+    if [ -d "$dir/node_modules" ] && [ "$dir/node_modules" -nt "$dir/package.json" ] &&
+       { [ ! -f "$dir/package-lock.json" ] || [ "$dir/node_modules" -nt "$dir/package-lock.json" ]; }; then
+      continue
+    fi
+    echo "install: npm packages for $dir" >&2
+    if [ -f "$dir/package-lock.json" ]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) ||
+        { echo "install: npm ci in $dir failed; check that the npm registry is reachable" >&2; return 1; }
+    else
+      (cd "$dir" && npm install --no-audit --no-fund --loglevel=error) ||
+        { echo "install: npm install in $dir failed; check that the npm registry is reachable" >&2; return 1; }
+    fi
+    touch "$dir/node_modules"
+  done
+}

@@ -16,8 +16,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 ensure_apt mosquitto mosquitto mosquitto-clients
 ensure_apt promtool prometheus
 ensure_influxd
+ensure_npm_deps "$here/../.."
 
-export SHOPFLOOR_MOSQUITTO SHOPFLOOR_INFLUXD SHOPFLOOR_PROMTOOL
+export SHOPFLOOR_MOSQUITTO SHOPFLOOR_INFLUXD SHOPFLOOR_PROMTOOL SHOPFLOOR_NODE
+SHOPFLOOR_NODE=$(find_bin node)
 SHOPFLOOR_MOSQUITTO=$(find_bin mosquitto)
 SHOPFLOOR_PROMTOOL=$(find_bin promtool)
 SHOPFLOOR_INFLUXD=$INFLUXD
