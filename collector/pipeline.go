@@ -6,21 +6,18 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"golang.org/x/time/rate"
 
 	"github.com/noordoostpolder/shopfloor/collector/config"
+	"github.com/noordoostpolder/shopfloor/collector/queue"
 )
 
-// PipelineConfig tunes the queue and the writer. The zero value of each
-// field means its default.
+// PipelineConfig tunes the store-and-forward queue and the writer. The
+// zero value of each field means its default.
 type PipelineConfig struct {
-	// QueueMessages bounds the in-memory queue between the sources and the
-	// sink, in batches (one MQTT message is one batch). When it is full,
-	// sources block and stop acknowledging, so the broker holds the data.
-	QueueMessages int `yaml:"queue_messages"`
 	// BatchSize is the most samples per sink write. It is not read from
 	// the pipeline's YAML section: the agent takes it from the sink's
 	// batch_size, so one knob sizes both the batch and the request.
@@ -28,27 +25,74 @@ type PipelineConfig struct {
 	// FlushInterval is how long a partial batch may wait for more samples;
 	// like BatchSize it comes from the sink's section.
 	FlushInterval time.Duration `yaml:"-"`
+	// Queue is the store-and-forward buffer on disk.
+	Queue QueueConfig `yaml:"queue"`
+	// DeadLetterDir receives batches the sink refused; the agent puts it
+	// in its data directory.
+	DeadLetterDir string `yaml:"-"`
+	// DrainRate caps the samples per second written while a backlog is
+	// drained, so a database that has just come back is not flattened.
+	// While the queue holds less than two batches there is no cap. 0
+	// means the default; -1 means no cap.
+	DrainRate int `yaml:"drain_rate"`
 	// RetryMin and RetryMax bound the exponential backoff, with jitter, of
 	// sink retries and source restarts.
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
-	// DrainTimeout is how long shutdown waits for the sink to take what is
-	// still queued.
+	// DrainTimeout is how long shutdown keeps writing what is queued
+	// before it stops; what is left stays on disk for the next start.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
+
+// QueueConfig is the store-and-forward buffer.
+type QueueConfig struct {
+	// Dir is set by the agent, inside its data directory.
+	Dir string `yaml:"-"`
+	// MaxBytes bounds the queue on disk; past it the oldest data is
+	// dropped, counted and logged.
+	MaxBytes config.ByteSize `yaml:"max_bytes"`
+	// SegmentBytes is the size of one segment file, the unit in which
+	// delivered data is deleted and, when full, old data dropped.
+	SegmentBytes config.ByteSize `yaml:"segment_bytes"`
+	// Fsync is "batch" (every write is on disk before the source
+	// acknowledges its message: safe against power loss, slower) or a
+	// duration such as 100ms (written at once, so safe against the agent
+	// being killed, and synced at that interval: a power cut may lose
+	// that long).
+	Fsync string `yaml:"fsync"`
+}
+
+// Defaults of the queue and writer. 100 ms of exposure to a power cut
+// buys an order of magnitude in throughput over a sync per write, which
+// on a small box's SD card or SSD costs about half a millisecond.
+const (
+	DefaultQueueMaxBytes     = config.ByteSize(1 << 30)
+	DefaultQueueSegmentBytes = config.ByteSize(8 << 20)
+	DefaultFsync             = "100ms"
+	DefaultDrainRate         = 200000
+)
 
 // SetDefaults fills unset fields. The defaults favour throughput at a
 // bounded latency: 5000 samples is where InfluxDB's write cost per point
 // levels off, and a second is well below any dashboard's refresh.
 func (c *PipelineConfig) SetDefaults() {
-	if c.QueueMessages == 0 {
-		c.QueueMessages = 20000
-	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 5000
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = time.Second
+	}
+	if c.Queue.MaxBytes == 0 {
+		c.Queue.MaxBytes = DefaultQueueMaxBytes
+	}
+	if c.Queue.SegmentBytes == 0 {
+		c.Queue.SegmentBytes = DefaultQueueSegmentBytes
+	}
+	if c.Queue.Fsync == "" {
+		c.Queue.Fsync = DefaultFsync
+	}
+	if c.DrainRate == 0 {
+		c.DrainRate = DefaultDrainRate
 	}
 	if c.RetryMin == 0 {
 		c.RetryMin = 100 * time.Millisecond
@@ -57,21 +101,41 @@ func (c *PipelineConfig) SetDefaults() {
 		c.RetryMax = 30 * time.Second
 	}
 	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 10 * time.Second
+		c.DrainTimeout = 5 * time.Second
 	}
+}
+
+// fsyncInterval reads Fsync: 0 for "batch".
+func (c QueueConfig) fsyncInterval() (time.Duration, error) {
+	if c.Fsync == "batch" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(c.Fsync)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q is neither \"batch\" nor a positive duration such as 100ms", c.Fsync)
+	}
+	return d, nil
 }
 
 // Validate reports every problem at once.
 func (c PipelineConfig) Validate() error {
 	var errs []error
-	if c.QueueMessages < 1 {
-		errs = append(errs, config.Invalid("queue_messages", "must be at least 1"))
-	}
 	if c.BatchSize < 1 {
 		errs = append(errs, config.Invalid("batch_size", "must be at least 1"))
 	}
 	if c.FlushInterval <= 0 {
 		errs = append(errs, config.Invalid("flush_interval", "must be positive"))
+	}
+	if c.Queue.SegmentBytes < 64<<10 {
+		errs = append(errs, config.Invalid("queue.segment_bytes", "must be at least 64KiB, got %s", c.Queue.SegmentBytes))
+	} else if c.Queue.MaxBytes < 2*c.Queue.SegmentBytes {
+		errs = append(errs, config.Invalid("queue.max_bytes", "must be at least twice queue.segment_bytes (%s), got %s", c.Queue.SegmentBytes, c.Queue.MaxBytes))
+	}
+	if _, err := c.Queue.fsyncInterval(); err != nil {
+		errs = append(errs, config.Invalid("queue.fsync", "%v", err))
+	}
+	if c.DrainRate < -1 {
+		errs = append(errs, config.Invalid("drain_rate", "must be positive (samples per second), or -1 for no cap"))
 	}
 	if c.RetryMin <= 0 || c.RetryMax < c.RetryMin {
 		errs = append(errs, config.Invalid("retry_max", "retry_min must be positive and retry_max at least retry_min"))
@@ -95,8 +159,9 @@ type SinkSpec struct {
 	Sink Sink
 }
 
-// Pipeline moves samples from sources through normalisation and a bounded
-// queue to a sink, supervising the sources and retrying the sink.
+// Pipeline moves samples from sources through normalisation into a
+// store-and-forward queue on disk, and from there to a sink, supervising
+// the sources and retrying the sink.
 type Pipeline struct {
 	cfg     PipelineConfig
 	log     *slog.Logger
@@ -104,23 +169,31 @@ type Pipeline struct {
 	sources []*sourceRunner
 	sink    SinkSpec
 	sinkSt  componentState
-	queue   chan []Sample
-	depth   atomic.Int64
+	queue   *queue.Queue
+	dead    *deadLetters
+	limiter *rate.Limiter
 }
 
-// NewPipeline wires sources and a sink. metrics may come from NewMetrics on
-// any registry; logger must not be nil.
+// NewPipeline wires sources and a sink and opens the queue in
+// cfg.Queue.Dir, recovering what an earlier run left there. metrics may
+// come from NewMetrics on any registry; logger must not be nil.
 func NewPipeline(cfg PipelineConfig, sources []SourceSpec, sink SinkSpec, metrics *Metrics, logger *slog.Logger) (*Pipeline, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if cfg.Queue.Dir == "" || cfg.DeadLetterDir == "" {
+		return nil, errors.New("pipeline: the queue and dead-letter directories must be set")
 	}
 	p := &Pipeline{
 		cfg:     cfg,
 		log:     logger,
 		metrics: metrics,
 		sink:    sink,
-		queue:   make(chan []Sample, cfg.QueueMessages),
+		dead:    &deadLetters{dir: cfg.DeadLetterDir, sink: sink.Name},
+	}
+	if cfg.DrainRate > 0 {
+		p.limiter = rate.NewLimiter(rate.Limit(cfg.DrainRate), max(cfg.DrainRate, cfg.BatchSize))
 	}
 	p.sinkSt.init(sink.Name, "sink", true)
 	for _, s := range sources {
@@ -134,19 +207,38 @@ func NewPipeline(cfg PipelineConfig, sources []SourceSpec, sink SinkSpec, metric
 		metrics.connected.WithLabelValues(s.Name).Set(0)
 		p.sources = append(p.sources, r)
 	}
+	fsync, _ := cfg.Queue.fsyncInterval()
+	q, err := queue.Open(queue.Options{
+		Dir:           cfg.Queue.Dir,
+		SegmentBytes:  int64(cfg.Queue.SegmentBytes),
+		MaxBytes:      int64(cfg.Queue.MaxBytes),
+		FsyncInterval: fsync,
+		Logger:        logger.With("sink", sink.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: open the queue in %s: %w", cfg.Queue.Dir, err)
+	}
+	p.queue = q
+	if st := q.Stats(); st.Records > 0 {
+		logger.Info("queue holds data from an earlier run; it is sent first", "sink", sink.Name,
+			"records", st.Records, "samples", st.Weight, "oldest", st.Oldest)
+	}
+	metrics.registerQueue(sink.Name, q)
 	return p, nil
 }
 
 // Run starts every source and the writer and blocks until ctx is done.
-// Then it stops the sources, drains the queue into the sink (for at most
-// DrainTimeout) and returns.
+// Then it stops the sources, so everything they accepted is in the queue,
+// lets the writer deliver what it can within DrainTimeout, syncs the
+// queue and returns. What was not delivered is sent after the next start.
 func (p *Pipeline) Run(ctx context.Context) error {
 	writerCtx, cancelWriter := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWriter()
+	draining := make(chan struct{})
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		p.write(writerCtx)
+		p.write(writerCtx, draining)
 	}()
 
 	var wg sync.WaitGroup
@@ -159,13 +251,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wg.Wait() // sources have returned: nothing else will be queued
-	close(p.queue)
-	p.log.Info("sources stopped; draining queue", "queued_samples", p.depth.Load(), "timeout", p.cfg.DrainTimeout)
+	close(draining)
+	st := p.queue.Stats()
+	p.log.Info("sources stopped; delivering what is queued", "queued_samples", st.Weight, "timeout", p.cfg.DrainTimeout)
 	select {
 	case <-writerDone:
 	case <-time.After(p.cfg.DrainTimeout):
 		cancelWriter()
 		<-writerDone
+	}
+	st = p.queue.Stats()
+	if err := p.queue.Close(); err != nil {
+		return fmt.Errorf("pipeline: close the queue: %w", err)
+	}
+	if st.Records > 0 {
+		p.log.Info("queue synced; the rest is sent after the next start", "queued_samples", st.Weight)
 	}
 	return nil
 }
@@ -192,92 +292,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func (p *Pipeline) write(ctx context.Context) {
-	batch := make([]Sample, 0, p.cfg.BatchSize)
-	ticker := time.NewTicker(p.cfg.FlushInterval)
-	defer ticker.Stop()
-	for {
-		select {
-		case s, ok := <-p.queue:
-			if !ok {
-				p.flush(ctx, batch)
-				return
-			}
-			batch = append(batch, s...)
-			if len(batch) >= p.cfg.BatchSize {
-				p.flush(ctx, batch)
-				batch = batch[:0]
-			}
-		case <-ticker.C:
-			if len(batch) > 0 {
-				p.flush(ctx, batch)
-				batch = batch[:0]
-			}
-		}
-	}
-}
-
-// flush writes batch, retrying transient errors with backoff until it
-// succeeds, the sink refuses the batch, or ctx ends (shutdown deadline).
-func (p *Pipeline) flush(ctx context.Context, batch []Sample) {
-	if len(batch) == 0 {
-		return
-	}
-	defer p.depth.Add(-int64(len(batch)))
-	defer p.metrics.queueDepth.Sub(float64(len(batch)))
-	name := p.sink.Name
-	var bo *backoff.ExponentialBackOff
-	for attempt := 1; ; attempt++ {
-		start := time.Now()
-		err := p.sink.Sink.Write(ctx, batch)
-		p.metrics.batchLatency.WithLabelValues(name).Observe(time.Since(start).Seconds())
-		if err == nil {
-			p.metrics.pointsWritten.WithLabelValues(name).Add(float64(len(batch)))
-			p.sinkSt.set(true, nil)
-			if attempt > 1 {
-				p.log.Info("sink recovered", "sink", name, "attempts", attempt)
-			}
-			return
-		}
-		retryAfter, retryable := IsRetryable(err)
-		if !retryable {
-			p.metrics.sinkErrors.WithLabelValues(name, "rejected").Inc()
-			p.metrics.dropped.WithLabelValues(name, "rejected").Add(float64(len(batch)))
-			p.sinkSt.noteError(err)
-			p.log.Error("sink refused a batch; its samples are dropped", "sink", name, "samples", len(batch), "err", err)
-			return
-		}
-		p.metrics.sinkErrors.WithLabelValues(name, "retryable").Inc()
-		p.sinkSt.set(false, err)
-		if bo == nil {
-			bo = p.newBackoff()
-		}
-		wait := bo.NextBackOff()
-		if retryAfter > wait {
-			wait = retryAfter
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			p.log.Warn("sink write failed; retrying", "sink", name, "attempt", attempt, "wait", wait, "queued_samples", p.depth.Load(), "err", err)
-		}
-		if !sleep(ctx, wait) {
-			p.metrics.dropped.WithLabelValues(name, "shutdown").Add(float64(len(batch)))
-			p.log.Error("drain deadline passed with the sink still failing; samples dropped", "sink", name, "samples", len(batch), "err", err)
-			return
-		}
-	}
-}
-
-func (p *Pipeline) enqueue(ctx context.Context, samples []Sample) error {
-	select {
-	case p.queue <- samples:
-		p.depth.Add(int64(len(samples)))
-		p.metrics.queueDepth.Add(float64(len(samples)))
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // ComponentStatus is the state of one source or sink, for /readyz and the
 // status page.
 type ComponentStatus struct {
@@ -298,8 +312,8 @@ func (p *Pipeline) Status() []ComponentStatus {
 	return append(out, p.sinkSt.get())
 }
 
-// QueuedSamples is the number of samples waiting for the sink.
-func (p *Pipeline) QueuedSamples() int64 { return p.depth.Load() }
+// Queue reports the store-and-forward queue's backlog and losses.
+func (p *Pipeline) Queue() queue.Stats { return p.queue.Stats() }
 
 type componentState struct {
 	mu sync.Mutex
@@ -375,8 +389,14 @@ func (r *sourceRunner) supervise(ctx context.Context) {
 
 var problemPool = sync.Pool{New: func() any { s := make([]Problem, 0, 4); return &s }}
 
-// Emit normalises b and queues the result.
+var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// Emit normalises b and appends the result to the queue. It returns once
+// the record is written, so the source may then acknowledge its message.
 func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	r.p.metrics.messages.WithLabelValues(r.name).Inc()
 	pp := problemPool.Get().(*[]Problem)
 	out, problems := r.norm.Normalize(b, make([]Sample, 0, len(b.Samples)), (*pp)[:0])
@@ -388,8 +408,13 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 	if len(out) == 0 {
 		return nil
 	}
-	if err := r.p.enqueue(ctx, out); err != nil {
-		return err
+	bp := recordPool.Get().(*[]byte)
+	rec := AppendRecord((*bp)[:0], out)
+	err := r.p.queue.Append(rec, len(out))
+	*bp = rec[:0]
+	recordPool.Put(bp)
+	if err != nil {
+		return fmt.Errorf("source %s: queue: %w", r.name, err)
 	}
 	r.p.metrics.samples.WithLabelValues(r.name).Add(float64(len(out)))
 	return nil

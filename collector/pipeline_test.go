@@ -2,10 +2,13 @@ package collector_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -54,6 +57,12 @@ func (s *scriptedSource) Run(ctx context.Context, out collector.Output) error {
 
 func newPipeline(t *testing.T, src collector.Source, sink collector.Sink, cfg collector.PipelineConfig) (*collector.Pipeline, *prometheus.Registry) {
 	t.Helper()
+	if cfg.Queue.Dir == "" {
+		cfg.Queue.Dir = t.TempDir()
+	}
+	if cfg.DeadLetterDir == "" {
+		cfg.DeadLetterDir = t.TempDir()
+	}
 	reg := prometheus.NewRegistry()
 	p, err := collector.NewPipeline(cfg, []collector.SourceSpec{{Name: "src", Source: src, Normalize: collector.NormalizeConfig{
 		Asset:   collector.AssetRule{FromOrigin: []string{"f/{line}/{machine}/telemetry"}},
@@ -120,7 +129,8 @@ func TestPipelineDeliversEverythingAndRetries(t *testing.T) {
 		"shopfloor_source_samples_total":       2000,
 		"shopfloor_sink_samples_written_total": 2000,
 		"shopfloor_source_restarts_total":      1,
-		"shopfloor_pipeline_queue_samples":     0,
+		"shopfloor_queue_samples":              0,
+		"shopfloor_queue_records":              0,
 	} {
 		if got := gather(t, reg, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -134,28 +144,78 @@ func TestPipelineDeliversEverythingAndRetries(t *testing.T) {
 	}
 }
 
-func TestPipelineRejectedBatchIsDroppedAndCounted(t *testing.T) {
-	src := &scriptedSource{n: 10}
-	sink := &collectortest.Sink{Fail: func(call int, _ []collector.Sample) error {
-		if call == 1 {
-			return errors.New("400 field type conflict")
+// A sink that refuses one message's samples (400, a field type conflict)
+// gets them isolated: they go to the dead-letter file with the reason and
+// everything else is written.
+func TestPipelineRefusedSamplesGoToDeadLetters(t *testing.T) {
+	src := &scriptedSource{n: 40}
+	poison := func(s collector.Sample) bool { f, _ := s.Value.AsFloat(); return s.Signal == collector.SignalSpindleSpeed && f == 17 }
+	sink := &collectortest.Sink{Fail: func(_ int, batch []collector.Sample) error {
+		for _, s := range batch {
+			if poison(s) {
+				return errors.New("400 field type conflict")
+			}
 		}
 		return nil
 	}}
-	p, reg := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 10, FlushInterval: 5 * time.Millisecond})
+	dead := t.TempDir()
+	p, reg := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 30, FlushInterval: 5 * time.Millisecond, DeadLetterDir: dead})
 	runUntil(t, p, func() error {
-		if src.emitted.Load() < 10 || sink.Calls() < 2 {
-			return fmt.Errorf("emitted %d, calls %d", src.emitted.Load(), sink.Calls())
+		if got := gather(t, reg, "shopfloor_sink_dead_letter_samples_total"); got != 2 {
+			return fmt.Errorf("dead letters %v", got)
+		}
+		if n := len(sink.Samples()); n != 78 {
+			return fmt.Errorf("%d samples written", n)
 		}
 		return nil
 	})
-	dropped := gather(t, reg, "shopfloor_sink_samples_dropped_total")
-	if written := float64(len(sink.Samples())); written+dropped != 20 || dropped != 10 {
-		t.Fatalf("written %v + dropped %v, want 10 + 10", written, dropped)
+	for _, s := range sink.Samples() {
+		if poison(s) {
+			t.Fatal("the refused sample was written")
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dead, "sink.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dl collector.DeadLetter
+	if err := json.Unmarshal(b, &dl); err != nil {
+		t.Fatalf("dead-letter file %q: %v", b, err)
+	}
+	if !strings.Contains(dl.Reason, "field type conflict") || len(dl.Samples) != 2 || dl.Samples[0].Value != "17" || dl.Samples[0].Machine != "m-2" {
+		t.Errorf("dead letter %+v, want the two samples of message 17 with the reason", dl)
 	}
 	st := p.Status()
-	if last := st[len(st)-1]; !strings.Contains(last.LastError, "field type conflict") {
-		t.Errorf("sink status %+v lacks the refusal", last)
+	if last := st[len(st)-1]; !strings.Contains(last.LastError, "field type conflict") || !last.Up {
+		t.Errorf("sink status %+v: want up, with the refusal as last error", last)
+	}
+}
+
+// What is queued while the sink is down survives a restart of the
+// pipeline and is delivered by the next one, once.
+func TestPipelineQueueSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	down := &collectortest.Sink{Fail: func(int, []collector.Sample) error {
+		return &collector.RetryableError{Err: errors.New("connection refused")}
+	}}
+	first := &scriptedSource{n: 500}
+	p, reg := newPipeline(t, first, down, collector.PipelineConfig{Queue: collector.QueueConfig{Dir: dir}, RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, DrainTimeout: 50 * time.Millisecond})
+	runUntil(t, p, func() error {
+		if got := gather(t, reg, "shopfloor_queue_samples"); got != 1000 {
+			return fmt.Errorf("%v samples queued", got)
+		}
+		return nil
+	})
+	up := &collectortest.Sink{}
+	p, reg = newPipeline(t, &scriptedSource{}, up, collector.PipelineConfig{Queue: collector.QueueConfig{Dir: dir}})
+	runUntil(t, p, func() error {
+		if n := len(up.Samples()); n != 1000 {
+			return fmt.Errorf("%d samples written", n)
+		}
+		return nil
+	})
+	if got := gather(t, reg, "shopfloor_queue_samples"); got != 0 {
+		t.Errorf("%v samples still queued", got)
 	}
 }
 
@@ -172,35 +232,6 @@ func TestPipelineDrainsOnShutdown(t *testing.T) {
 	})
 	if n := len(sink.Samples()); n != 1000 {
 		t.Fatalf("%d samples after drain, want 1000", n)
-	}
-}
-
-func TestPipelineBlocksWhenFull(t *testing.T) {
-	src := &scriptedSource{n: 1000}
-	release := make(chan struct{})
-	sink := &collectortest.Sink{Fail: func(call int, _ []collector.Sample) error {
-		<-release
-		return nil
-	}}
-	p, _ := newPipeline(t, src, sink, collector.PipelineConfig{QueueMessages: 10, BatchSize: 1, FlushInterval: time.Millisecond})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
-	time.Sleep(100 * time.Millisecond) // give the source time to run into the bound
-	if n := src.emitted.Load(); n > 12 {
-		t.Fatalf("source emitted %d messages past a queue of 10 and a stuck sink", n)
-	}
-	close(release)
-	collectortest.Eventually(t, 10*time.Second, func() error {
-		if src.emitted.Load() < 1000 {
-			return errors.New("not done")
-		}
-		return nil
-	})
-	cancel()
-	<-done
-	if n := len(sink.Samples()); n != 2000 {
-		t.Fatalf("%d samples, want 2000", n)
 	}
 }
 

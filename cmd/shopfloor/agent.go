@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,6 +57,8 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sink influxdb: %w", err)
 	}
+	cfg.Pipeline.Queue.Dir = filepath.Join(cfg.Agent.DataDir, "queue", "influxdb")
+	cfg.Pipeline.DeadLetterDir = filepath.Join(cfg.Agent.DataDir, "dead-letter")
 	p, err := collector.NewPipeline(cfg.Pipeline, sources, collector.SinkSpec{Name: "influxdb", Sink: sink}, collector.NewMetrics(reg), logger)
 	if err != nil {
 		return nil, err
@@ -110,19 +113,29 @@ func (a *Agent) Handler() http.Handler {
 type Readiness struct {
 	Ready bool `json:"ready"`
 	// NotReady says, one line per component, what is down and why.
-	NotReady      []string                    `json:"not_ready,omitempty"`
-	QueuedSamples int64                       `json:"queued_samples"`
-	Components    []collector.ComponentStatus `json:"components"`
+	NotReady []string `json:"not_ready,omitempty"`
+	// QueuedSamples wait in the store-and-forward queue; the oldest of
+	// them was queued OldestQueuedSeconds ago.
+	QueuedSamples       int64                       `json:"queued_samples"`
+	OldestQueuedSeconds float64                     `json:"oldest_queued_seconds"`
+	Components          []collector.ComponentStatus `json:"components"`
 }
 
 func (a *Agent) readiness() Readiness {
-	r := Readiness{Ready: true, QueuedSamples: a.pipeline.QueuedSamples(), Components: a.pipeline.Status()}
+	q := a.pipeline.Queue()
+	r := Readiness{Ready: true, QueuedSamples: q.Weight, Components: a.pipeline.Status()}
+	if !q.Oldest.IsZero() {
+		r.OldestQueuedSeconds = max(time.Since(q.Oldest).Round(time.Millisecond).Seconds(), 0)
+	}
 	for _, c := range r.Components {
 		if c.Up {
 			continue
 		}
 		r.Ready = false
 		msg := fmt.Sprintf("%s %s: down for %s", c.Kind, c.Name, time.Since(c.Since).Round(time.Second))
+		if c.Kind == "sink" {
+			msg += fmt.Sprintf(", %d samples queued", q.Weight)
+		}
 		if c.LastError != "" {
 			msg += ": " + c.LastError
 		}

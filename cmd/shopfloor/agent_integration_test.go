@@ -467,7 +467,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	for _, name := range []string{
 		"shopfloor_source_messages_total", "shopfloor_source_samples_total", "shopfloor_source_bad_inputs_total",
 		"shopfloor_sink_samples_written_total", "shopfloor_sink_batch_duration_seconds_bucket",
-		"shopfloor_pipeline_queue_samples", "go_goroutines", "process_resident_memory_bytes", "shopfloor_build_info",
+		"shopfloor_queue_samples", "shopfloor_queue_oldest_age_seconds", "shopfloor_queue_dropped_samples_total", "go_goroutines", "process_resident_memory_bytes", "shopfloor_build_info",
 	} {
 		if metric(body, name) < 0 {
 			t.Errorf("/metrics has no %s", name)

@@ -185,3 +185,24 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ByteSize
+		ok   bool
+	}{
+		{"1GiB", 1 << 30, true}, {"512MiB", 512 << 20, true}, {"64KB", 64000, true}, {"1.5 GiB", 3 << 29, true},
+		{"4096", 4096, true}, {"10mb", 10e6, true}, {"2g", 2 << 30, true},
+		{"lots", 0, false}, {"-1MiB", 0, false}, {"", 0, false}, {"1e30GiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseByteSize(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+	if s := ByteSize(3 << 30).String(); s != "3GiB" {
+		t.Errorf("String = %q", s)
+	}
+}
