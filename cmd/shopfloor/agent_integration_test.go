@@ -50,6 +50,7 @@ type agentProc struct {
 	env    []string
 	http   string // base URL of its HTTP listener
 	logs   string // path of its log file, kept across restarts
+	data   string // its data directory, kept across restarts
 	cmd    *exec.Cmd
 	done   chan error
 }
@@ -65,6 +66,7 @@ func startAgent(t *testing.T, config string, broker, influx *collectortest.Servi
 		config: config,
 		http:   fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t)),
 		logs:   filepath.Join(dir, "agent.log"),
+		data:   filepath.Join(dir, "data"),
 	}
 	a.env = append(os.Environ(),
 		"MQTT_URL="+broker.URL(),
@@ -72,7 +74,7 @@ func startAgent(t *testing.T, config string, broker, influx *collectortest.Servi
 		"INFLUX_BUCKET="+db,
 		"INFLUX_TOKEN=",
 		"SHOPFLOOR_HTTP="+a.http,
-		"SHOPFLOOR_DATA_DIR="+filepath.Join(dir, "data"),
+		"SHOPFLOOR_DATA_DIR="+a.data,
 	)
 	a.http = "http://" + a.http
 	t.Cleanup(func() {
