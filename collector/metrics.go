@@ -11,13 +11,13 @@ import (
 // Metrics are the pipeline's Prometheus metrics. They are registered on an
 // injected Registerer, never the global one, so tests stay isolated.
 type Metrics struct {
-	messages      *prometheus.CounterVec
-	samples       *prometheus.CounterVec
-	badInputs     *prometheus.CounterVec
-	connected     *prometheus.GaugeVec
-	restarts      *prometheus.CounterVec
-	pointsWritten *prometheus.CounterVec
-	sinkErrors    *prometheus.CounterVec
+	messages       *prometheus.CounterVec
+	samples        *prometheus.CounterVec
+	badInputs      *prometheus.CounterVec
+	connected      *prometheus.GaugeVec
+	restarts       *prometheus.CounterVec
+	pointsWritten  *prometheus.CounterVec
+	sinkErrors     *prometheus.CounterVec
 	dropped        *prometheus.CounterVec
 	deadLetters    *prometheus.CounterVec
 	corruptRecords *prometheus.CounterVec

@@ -149,7 +149,10 @@ func TestPipelineDeliversEverythingAndRetries(t *testing.T) {
 // everything else is written.
 func TestPipelineRefusedSamplesGoToDeadLetters(t *testing.T) {
 	src := &scriptedSource{n: 40}
-	poison := func(s collector.Sample) bool { f, _ := s.Value.AsFloat(); return s.Signal == collector.SignalSpindleSpeed && f == 17 }
+	poison := func(s collector.Sample) bool {
+		f, _ := s.Value.AsFloat()
+		return s.Signal == collector.SignalSpindleSpeed && f == 17
+	}
 	sink := &collectortest.Sink{Fail: func(_ int, batch []collector.Sample) error {
 		for _, s := range batch {
 			if poison(s) {

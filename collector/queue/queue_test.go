@@ -20,7 +20,9 @@ func open(t testing.TB, dir string, segBytes, maxBytes int64) *Queue {
 	return q
 }
 
-func rec(i int) []byte { return []byte(fmt.Sprintf("record-%06d-%s", i, bytes.Repeat([]byte{'x'}, i%50))) }
+func rec(i int) []byte {
+	return []byte(fmt.Sprintf("record-%06d-%s", i, bytes.Repeat([]byte{'x'}, i%50)))
+}
 
 func appendN(t testing.TB, q *Queue, from, n int) {
 	t.Helper()
