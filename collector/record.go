@@ -13,7 +13,7 @@ import (
 //	version byte, sample count uvarint, then per sample:
 //	flags byte: bit i set = string i is the same as in the previous sample
 //	the strings not repeated: uvarint length + bytes, in the order
-//	  site, area, line, machine, machine type, signal, unit
+//	  site, area, line, machine, machine type, signal, unit, window
 //	kind byte, value (float: 8 bytes IEEE 754; int: zigzag varint;
 //	  bool: 1 byte; string: uvarint length + bytes; none: nothing)
 //	quality byte, source time varint ns, receive time varint ns
@@ -22,10 +22,10 @@ import (
 // a record little bigger than its values.
 const recordVersion = 1
 
-const nStrings = 7
+const nStrings = 8
 
 func sampleStrings(s *Sample) [nStrings]*string {
-	return [nStrings]*string{&s.Asset.Site, &s.Asset.Area, &s.Asset.Line, &s.Asset.Machine, &s.MachineType, &s.Signal, &s.Unit}
+	return [nStrings]*string{&s.Asset.Site, &s.Asset.Area, &s.Asset.Line, &s.Asset.Machine, &s.MachineType, &s.Signal, &s.Unit, &s.Window}
 }
 
 // AppendRecord encodes samples onto dst.

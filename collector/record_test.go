@@ -16,6 +16,7 @@ func recordSamples() []Sample {
 		{Asset: a, MachineType: "cnc", Signal: "door_open", Value: Bool(true), Quality: QualityUncertain, SourceTime: ts},
 		{Asset: a, MachineType: "cnc", Signal: SignalTemperature, Quality: QualityBad, SourceTime: ts},
 		{Asset: Asset{Machine: "robot-1"}, MachineType: "robot", Signal: "x", Value: Float(math.Inf(-1)), Unit: "mm"},
+		{Asset: Asset{Site: "plant", Line: "line-1"}, Signal: "oee", Value: Float(0.61), SourceTime: ts, Window: "shift"},
 	}
 }
 
@@ -33,7 +34,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	for i := range in {
 		a, b := in[i], out[i]
 		if a.Asset != b.Asset || a.MachineType != b.MachineType || a.Signal != b.Signal || a.Unit != b.Unit ||
-			a.Quality != b.Quality || a.Value.Kind() != b.Value.Kind() || a.Value.Format() != b.Value.Format() ||
+			a.Quality != b.Quality || a.Window != b.Window || a.Value.Kind() != b.Value.Kind() || a.Value.Format() != b.Value.Format() ||
 			!a.SourceTime.Equal(b.SourceTime) || !a.ReceiveTime.Equal(b.ReceiveTime) || a.SourceTime.IsZero() != b.SourceTime.IsZero() {
 			t.Errorf("sample %d:\n got %+v\nwant %+v", i, b, a)
 		}

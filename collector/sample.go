@@ -175,4 +175,8 @@ type Sample struct {
 	Quality     Quality
 	SourceTime  time.Time // when the machine measured it; the InfluxDB timestamp
 	ReceiveTime time.Time // when the agent got it
+	// Window is set on samples the agent derived (KPIs) to the window they
+	// cover (1m, 1h, shift, day); the sink writes them to its KPI
+	// measurement with a window tag. Empty for everything a machine sent.
+	Window string
 }

@@ -29,6 +29,9 @@ type Config struct {
 	// Measurement receives the machine samples; the dashboards expect the
 	// default "machine".
 	Measurement string `yaml:"measurement"`
+	// KPIMeasurement receives the KPI engine's rows, tagged with their
+	// window; the dashboards expect the default "kpi".
+	KPIMeasurement string `yaml:"kpi_measurement"`
 	// Timeout bounds one HTTP request, connection and response included.
 	Timeout time.Duration `yaml:"timeout"`
 	// Gzip compresses request bodies. It is a pointer because YAML cannot
@@ -61,10 +64,11 @@ type TLSConfig struct {
 // levels off (its own documentation's recommendation); ten seconds lets a
 // busy server answer a full batch while a dead one is noticed quickly.
 const (
-	DefaultMeasurement   = "machine"
-	DefaultTimeout       = 10 * time.Second
-	DefaultBatchSize     = 5000
-	DefaultFlushInterval = time.Second
+	DefaultMeasurement    = "machine"
+	DefaultKPIMeasurement = "kpi"
+	DefaultTimeout        = 10 * time.Second
+	DefaultBatchSize      = 5000
+	DefaultFlushInterval  = time.Second
 )
 
 // SetDefaults fills unset values. The config loader calls it after
@@ -72,6 +76,9 @@ const (
 func (c *Config) SetDefaults() {
 	if c.Measurement == "" {
 		c.Measurement = DefaultMeasurement
+	}
+	if c.KPIMeasurement == "" {
+		c.KPIMeasurement = DefaultKPIMeasurement
 	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
@@ -117,6 +124,9 @@ func (c Config) Validate() error {
 		errs = append(errs, config.Missing("bucket"))
 	case strings.Count(c.Bucket, "/") > 1:
 		errs = append(errs, config.Invalid("bucket", "%q has more than one /; InfluxDB 1.8 takes \"db/rp\" or \"db\"", c.Bucket))
+	}
+	if c.KPIMeasurement != "" && (!validName(c.KPIMeasurement) || strings.HasPrefix(c.KPIMeasurement, "#")) {
+		errs = append(errs, config.Invalid("kpi_measurement", "%q is not a valid InfluxDB measurement name", c.KPIMeasurement))
 	}
 	if c.Measurement == "" {
 		errs = append(errs, config.Missing("measurement"))

@@ -87,9 +87,13 @@ type lineEncoder struct {
 	skipped []SkippedSample
 	// The series whose tag values were checked last: consecutive lines
 	// are mostly of one machine, and checking costs a fifth of the time.
-	checkedAsset collector.Asset
-	checkedType  string
-	checked      bool
+	checkedAsset  collector.Asset
+	checkedType   string
+	checkedWindow string
+	checked       bool
+	// kpiMeasurement receives derived samples (those with a Window);
+	// empty means DefaultKPIMeasurement.
+	kpiMeasurement string
 }
 
 func (le *lineEncoder) appendAll(dst []byte, measurement string, samples []collector.Sample) ([]byte, int, error) {
@@ -188,6 +192,12 @@ func (le *lineEncoder) skip(index int, signal, reason string) {
 // protocol wants and leaving out empty ones.
 func (le *lineEncoder) startLine(measurement string, s *collector.Sample) {
 	e := &le.enc
+	if s.Window != "" {
+		measurement = le.kpiMeasurement
+		if measurement == "" {
+			measurement = DefaultKPIMeasurement
+		}
+	}
 	e.StartLine(measurement)
 	if s.Asset.Area != "" {
 		e.AddTag("area", s.Asset.Area)
@@ -204,6 +214,9 @@ func (le *lineEncoder) startLine(measurement string, s *collector.Sample) {
 	if s.Asset.Site != "" {
 		e.AddTag("site", s.Asset.Site)
 	}
+	if s.Window != "" {
+		e.AddTag("window", s.Window)
+	}
 }
 
 func timestamp(s *collector.Sample) time.Time {
@@ -216,7 +229,7 @@ func timestamp(s *collector.Sample) time.Time {
 // sameLine reports whether b belongs on the line that a starts: same
 // series, same time, and a signal the line does not have yet.
 func sameLine(a *collector.Sample, ts time.Time, b *collector.Sample, line []collector.Sample) bool {
-	if a.Asset != b.Asset || a.MachineType != b.MachineType || !timestamp(b).Equal(ts) {
+	if a.Asset != b.Asset || a.MachineType != b.MachineType || a.Window != b.Window || !timestamp(b).Equal(ts) {
 		return false
 	}
 	for k := range line {
@@ -236,18 +249,18 @@ func (le *lineEncoder) checkLine(s *collector.Sample, ts time.Time) string {
 	case ts.Before(time.Unix(0, math.MinInt64)) || ts.After(time.Unix(0, math.MaxInt64)):
 		return "time " + ts.Format(time.RFC3339) + " is outside what InfluxDB can store (1677..2262)"
 	}
-	if le.checked && s.Asset == le.checkedAsset && s.MachineType == le.checkedType {
+	if le.checked && s.Asset == le.checkedAsset && s.MachineType == le.checkedType && s.Window == le.checkedWindow {
 		return ""
 	}
 	for _, t := range [...]struct{ key, val string }{
 		{"area", s.Asset.Area}, {"line", s.Asset.Line}, {"machine", s.Asset.Machine},
-		{"machine_type", s.MachineType}, {"site", s.Asset.Site},
+		{"machine_type", s.MachineType}, {"site", s.Asset.Site}, {"window", s.Window},
 	} {
 		if t.val != "" && !validName(t.val) {
 			return fmt.Sprintf("tag %s=%q has control characters, invalid UTF-8 or a trailing backslash", t.key, t.val)
 		}
 	}
-	le.checkedAsset, le.checkedType, le.checked = s.Asset, s.MachineType, true
+	le.checkedAsset, le.checkedType, le.checkedWindow, le.checked = s.Asset, s.MachineType, s.Window, true
 	return ""
 }
 

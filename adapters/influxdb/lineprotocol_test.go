@@ -101,6 +101,15 @@ func TestAppendLinesGolden(t *testing.T) {
 			sample(mill1, "cnc", "far_future", collector.Float(1), time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)),
 			sample(mill1, "cnc", "all_bad", collector.Float(math.NaN()), t0.Add(time.Second)),
 		}},
+		{"kpi_rows", []collector.Sample{
+			// Derived samples go to the kpi measurement with a window tag;
+			// machine samples at the same time stay apart.
+			{Asset: mill1, MachineType: "cnc", Signal: "oee", Value: collector.Float(0.61), SourceTime: t0, Window: "1h"},
+			{Asset: mill1, MachineType: "cnc", Signal: "good", Value: collector.Int(57), SourceTime: t0, Window: "1h"},
+			{Asset: mill1, MachineType: "cnc", Signal: "oee", Value: collector.Float(0.58), SourceTime: t0, Window: "shift"},
+			sample(mill1, "cnc", "power_w", collector.Float(900), t0),
+			{Asset: collector.Asset{Site: "emmeloord", Line: "l1"}, Signal: "oee", Value: collector.Float(0.6), SourceTime: t0, Window: "1h"},
+		}},
 		{"receive_time_fallback", []collector.Sample{
 			{Asset: mill1, MachineType: "cnc", Signal: "power_w", Value: collector.Float(5), ReceiveTime: t0},
 			{Asset: mill1, MachineType: "cnc", Signal: "energy_wh", Value: collector.Float(6), ReceiveTime: t0},

@@ -136,6 +136,7 @@ func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
 	var refused []error
 	stored := 0
 	for start := 0; start < len(samples); {
+		s.enc.kpiMeasurement = s.cfg.KPIMeasurement
 		buf, lines, n := s.enc.encode(s.buf[:0], s.cfg.Measurement, samples[start:], s.cfg.BatchSize, start)
 		s.buf = buf
 		start += n
