@@ -74,8 +74,12 @@ func (h *harness) finish() {
 	h.e.Tick()
 }
 
-func (h *harness) state(at time.Time, s string) { h.feed(at, collector.SignalState, collector.String(s)) }
-func (h *harness) good(at time.Time, n int64)   { h.feed(at, collector.SignalPartCountGood, collector.Int(n)) }
+func (h *harness) state(at time.Time, s string) {
+	h.feed(at, collector.SignalState, collector.String(s))
+}
+func (h *harness) good(at time.Time, n int64) {
+	h.feed(at, collector.SignalPartCountGood, collector.Int(n))
+}
 
 func at(s string) time.Time {
 	t, err := time.Parse("2006-01-02 15:04:05", s)
