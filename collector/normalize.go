@@ -238,6 +238,7 @@ type resolved struct {
 	scale    float64
 	offset   float64
 	conv     UnitConversion
+	ruleUnit bool // the rule names the source unit, so the sample's own is ignored
 	unit     string
 	states   map[string]string
 	deadband float64
@@ -252,6 +253,7 @@ type Normalizer struct {
 	fromFields  map[string]string // signal -> asset part
 	rules       []MappingRule
 	cache       sync.Map // source signal name -> *resolved
+	units       sync.Map // signal + source unit -> *resolved with that conversion
 	mu          sync.Mutex
 	last        map[deadbandKey]float64
 }
@@ -316,6 +318,7 @@ func (n *Normalizer) resolve(name string) *resolved {
 	if r.known && r.spec.Unit != "" {
 		if rule != nil && rule.Unit != "" {
 			r.conv, _ = NewUnitConversion(rule.Unit, r.spec.Unit) // validated in NewNormalizer
+			r.ruleUnit = true
 		}
 		r.unit = r.spec.Unit
 	}
@@ -355,7 +358,11 @@ func (n *Normalizer) Normalize(b Batch, dst []Sample, problems []Problem) ([]Sam
 		if r.drop {
 			continue
 		}
+		r, uerr := n.withSourceUnit(r, s.Unit)
 		v, err := r.convert(s.Value)
+		if uerr != nil {
+			err = uerr
+		}
 		if err != nil {
 			problems = append(problems, Problem{Reason: err.reason, Err: fmt.Errorf("origin %s, signal %s: %w", b.Origin, s.Signal, err)})
 			// A bad quality reading keeps its place in the series as a
@@ -432,6 +439,27 @@ type convError struct {
 }
 
 func (e *convError) Error() string { return e.msg }
+
+// withSourceUnit returns r converting from the unit the sample itself
+// carries (an OPC UA EngineeringUnits, a Sparkplug engUnit property) when
+// the rule names none and it differs from the canonical unit.
+func (n *Normalizer) withSourceUnit(r *resolved, unit string) (*resolved, *convError) {
+	if !r.known || r.spec.Unit == "" || r.ruleUnit || unit == "" || unit == r.spec.Unit {
+		return r, nil
+	}
+	key := r.signal + "\x00" + unit
+	if c, ok := n.units.Load(key); ok {
+		return c.(*resolved), nil
+	}
+	conv, err := NewUnitConversion(unit, r.spec.Unit)
+	if err != nil {
+		return r, &convError{"unknown_unit", fmt.Sprintf("the source says its unit is %q, which cannot be converted to %s (%v); name the unit in the mapping rule", unit, r.spec.Unit, err)}
+	}
+	c := *r
+	c.conv = conv
+	actual, _ := n.units.LoadOrStore(key, &c)
+	return actual.(*resolved), nil
+}
 
 func (r *resolved) convert(v Value) (Value, *convError) {
 	if v.Kind() == KindNone {

@@ -99,6 +99,24 @@ func TestNormalize(t *testing.T) {
 		problems []string
 	}{
 		{
+			name:   "source's own unit converted to the canonical one",
+			origin: "factory/l/m/telemetry",
+			in:     []Sample{{Signal: "power_w", Value: Float(1.5), Unit: "kW", SourceTime: ts}, {Signal: "temperature_c", Value: Float(212), Unit: "degF", SourceTime: ts}},
+			want:   []Sample{{Signal: SignalPower, Value: Float(1500), Unit: "W"}, {Signal: SignalTemperature, Value: Float(100), Unit: "°C"}},
+		},
+		{
+			name:   "a rule's unit wins over the source's",
+			origin: "factory/l/m/telemetry",
+			in:     []Sample{{Signal: "power", Value: Float(2), Unit: "W", SourceTime: ts}},
+			want:   []Sample{{Signal: SignalPower, Value: Float(2000), Unit: "W"}},
+		},
+		{
+			name:     "an unknown source unit is refused, not stored unconverted",
+			origin:   "factory/l/m/telemetry",
+			in:       []Sample{{Signal: "power_w", Value: Float(7), Unit: "horsepower", SourceTime: ts}},
+			problems: []string{"unknown_unit"},
+		},
+		{
 			name:   "rename and asset from topic",
 			origin: "factory/line-2/cnc-007/telemetry",
 			in:     []Sample{raw("spindle_speed", Float(12000))},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
+	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 )
 
@@ -47,7 +48,7 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 
 	sources := make([]collector.SourceSpec, 0, len(cfg.Sources))
 	for _, sc := range cfg.Sources {
-		src, err := mqtt.New(*sc.MQTT, logger.With("source", sc.Name))
+		src, err := newSource(sc, logger.With("source", sc.Name))
 		if err != nil {
 			return nil, fmt.Errorf("source %s: %w", sc.Name, err)
 		}
@@ -68,6 +69,14 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent.http.listen: %w; choose another port with SHOPFLOOR_HTTP", err)
 	}
 	return &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, listener: ln, started: time.Now()}, nil
+}
+
+// newSource builds the source of whichever protocol section is set.
+func newSource(sc SourceConfig, logger *slog.Logger) (collector.Source, error) {
+	if sc.Sparkplug != nil {
+		return sparkplug.New(*sc.Sparkplug, logger)
+	}
+	return mqtt.New(*sc.MQTT, logger)
 }
 
 // Addr is the HTTP listener's address, useful when the config asked for

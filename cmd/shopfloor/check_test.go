@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -71,14 +72,22 @@ func TestCheckBrokenConfigs(t *testing.T) {
 	}
 }
 
-// TestCheckExample keeps the shipped example valid.
-func TestCheckExample(t *testing.T) {
-	var stdout, stderr bytes.Buffer
-	if code := run([]string{"check", "--config", "../../deploy/examples/mqtt-json.yaml"}, &stdout, &stderr); code != exitOK {
-		t.Fatalf("check exited %d:\n%s", code, stderr.String())
+// TestCheckExamples keeps every shipped example valid.
+func TestCheckExamples(t *testing.T) {
+	examples, _ := filepath.Glob("../../deploy/examples/*.yaml")
+	if len(examples) < 2 {
+		t.Fatalf("found %d examples", len(examples))
 	}
-	if !strings.Contains(stdout.String(), "ok") {
-		t.Errorf("stdout %q does not say ok", stdout.String())
+	for _, path := range examples {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run([]string{"check", "--config", path}, &stdout, &stderr); code != exitOK {
+				t.Fatalf("check exited %d:\n%s", code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), "ok") {
+				t.Errorf("stdout %q does not say ok", stdout.String())
+			}
+		})
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
+	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/config"
 )
@@ -53,7 +54,9 @@ type SourceConfig struct {
 	Name    string                  `yaml:"name"`
 	Asset   collector.AssetRule     `yaml:"asset"`
 	Mapping []collector.MappingRule `yaml:"mapping"`
-	MQTT    *mqtt.Config            `yaml:"mqtt"`
+	// Exactly one protocol section.
+	MQTT      *mqtt.Config      `yaml:"mqtt"`
+	Sparkplug *sparkplug.Config `yaml:"sparkplug"`
 }
 
 // SinkConfig is where samples go. Only InfluxDB exists today; it is a
@@ -98,6 +101,9 @@ func (c *Config) SetDefaults() {
 	for i := range c.Sources {
 		if m := c.Sources[i].MQTT; m != nil {
 			m.SetDefaults()
+		}
+		if sp := c.Sources[i].Sparkplug; sp != nil {
+			sp.SetDefaults()
 		}
 	}
 }
@@ -154,10 +160,15 @@ func (s SourceConfig) Validate() error {
 	case strings.Trim(s.Name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != "":
 		errs = append(errs, config.Invalid("name", "%q may only hold letters, digits, '_', '.' and '-', so that it reads well in metrics and logs", s.Name))
 	}
-	if s.MQTT == nil {
-		errs = append(errs, config.Invalid("mqtt", "is missing: a source needs a protocol section (mqtt)"))
-	} else {
+	switch {
+	case s.MQTT == nil && s.Sparkplug == nil:
+		errs = append(errs, config.Invalid("mqtt", "is missing: a source needs one protocol section, mqtt or sparkplug"))
+	case s.MQTT != nil && s.Sparkplug != nil:
+		errs = append(errs, config.Invalid("sparkplug", "a source has one protocol section; split mqtt and sparkplug into two sources"))
+	case s.MQTT != nil:
 		errs = append(errs, config.Nest("mqtt", s.MQTT.Validate()))
+	default:
+		errs = append(errs, config.Nest("sparkplug", s.Sparkplug.Validate()))
 	}
 	errs = append(errs, s.normalize().Validate())
 	return errors.Join(errs...)
