@@ -172,6 +172,23 @@ type Pipeline struct {
 	queue   *queue.Queue
 	dead    *deadLetters
 	limiter *rate.Limiter
+	observe func([]Sample)
+}
+
+// Observe has fn called with every source's normalised samples once they
+// are queued; the KPI engine listens this way. fn must not keep the
+// slice. Call it before Run.
+func (p *Pipeline) Observe(fn func([]Sample)) { p.observe = fn }
+
+// Append queues samples the agent derived itself (KPI rows) for the sink.
+func (p *Pipeline) Append(samples []Sample) error {
+	if len(samples) == 0 {
+		return nil
+	}
+	bp := recordPool.Get().(*[]byte)
+	defer recordPool.Put(bp)
+	*bp = AppendRecord((*bp)[:0], samples)
+	return p.queue.Append(*bp, len(samples))
 }
 
 // NewPipeline wires sources and a sink and opens the queue in
@@ -417,6 +434,9 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 		return fmt.Errorf("source %s: queue: %w", r.name, err)
 	}
 	r.p.metrics.samples.WithLabelValues(r.name).Add(float64(len(out)))
+	if r.p.observe != nil {
+		r.p.observe(out)
+	}
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
+	"github.com/noordoostpolder/shopfloor/collector/kpi"
 )
 
 // Agent is one running edge agent: its pipeline and its HTTP listener.
@@ -29,6 +30,7 @@ type Agent struct {
 	pipeline *collector.Pipeline
 	registry *prometheus.Registry
 	listener net.Listener
+	kpi      *kpi.Engine // nil when KPIs are off
 	started  time.Time
 }
 
@@ -64,11 +66,23 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Agent.HTTP.Listen)
+	a := &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, started: time.Now()}
+	if cfg.KPI.Enabled {
+		a.kpi, err = kpi.New(cfg.KPI, filepath.Join(cfg.Agent.DataDir, "kpi"), p.Append, logger.With("component", "kpi"))
+		if err != nil {
+			return nil, fmt.Errorf("kpi: %w", err)
+		}
+		p.Observe(a.kpi.Observe)
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "shopfloor_kpi_late_samples_total",
+			Help: "Samples that arrived after their minute's KPIs were final (later than kpi.lateness); they are stored but not in the KPIs.",
+		}, func() float64 { return float64(a.kpi.TooLate()) }))
+	}
+	a.listener, err = net.Listen("tcp", cfg.Agent.HTTP.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("agent.http.listen: %w; choose another port with SHOPFLOOR_HTTP", err)
 	}
-	return &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, listener: ln, started: time.Now()}, nil
+	return a, nil
 }
 
 // newSource builds the source of whichever protocol section is set.
@@ -92,7 +106,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { httpErr <- srv.Serve(a.listener) }()
 	a.log.Info("agent started", "http", "http://"+a.listener.Addr().String(), "sources", len(a.cfg.Sources), "data_dir", a.cfg.Agent.DataDir)
 
+	kpiDone := make(chan struct{})
+	if a.kpi != nil {
+		go func() {
+			defer close(kpiDone)
+			a.kpi.Tick(ctx)
+		}()
+	} else {
+		close(kpiDone)
+	}
 	runErr := a.pipeline.Run(ctx)
+	<-kpiDone
+	if a.kpi != nil {
+		// After the pipeline: every sample the sources accepted has been
+		// seen, so a restart continues exactly from here.
+		if err := a.kpi.Save(); err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+	}
 
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -10,6 +10,7 @@ import (
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/config"
+	"github.com/noordoostpolder/shopfloor/collector/kpi"
 )
 
 // Config is the agent's configuration file. Every section validates
@@ -20,6 +21,7 @@ type Config struct {
 	Pipeline collector.PipelineConfig `yaml:"pipeline"`
 	Sources  []SourceConfig           `yaml:"sources"`
 	Sink     SinkConfig               `yaml:"sink"`
+	KPI      kpi.Config               `yaml:"kpi"`
 }
 
 // AgentConfig is the process-wide part: where state lives, the HTTP
@@ -98,6 +100,7 @@ func (c *Config) SetDefaults() {
 		}
 	}
 	c.Pipeline.SetDefaults()
+	c.KPI.SetDefaults()
 	for i := range c.Sources {
 		if m := c.Sources[i].MQTT; m != nil {
 			m.SetDefaults()
@@ -113,6 +116,7 @@ func (c Config) Validate() error {
 	var errs []error
 	errs = append(errs, config.Nest("agent", c.Agent.Validate()))
 	errs = append(errs, config.Nest("pipeline", c.Pipeline.Validate()))
+	errs = append(errs, config.Nest("kpi", c.KPI.Validate()))
 	if len(c.Sources) == 0 {
 		errs = append(errs, config.Invalid("sources", "needs at least one source, such as an mqtt section; see deploy/examples/mqtt-json.yaml"))
 	}

@@ -228,6 +228,13 @@ func assetKey(a collector.Asset) string {
 
 // Observe feeds samples to the engine.
 func (e *Engine) Observe(samples []collector.Sample) {
+	any := false
+	for i := range samples {
+		any = any || relevant[samples[i].Signal]
+	}
+	if !any {
+		return // most messages carry no state or counter: skip the lock
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
@@ -279,10 +286,10 @@ func (e *Engine) TooLate() int64 {
 	return e.tooLate
 }
 
-// Tick moves silent machines on by the wall clock: a machine that has sent
-// nothing for MaxGap is followed in real time, its state turning unknown,
-// so its windows still close.
-func (e *Engine) Tick() {
+// advanceSilent moves silent machines on by the wall clock: a machine that
+// has sent nothing for MaxGap is followed in real time, its state turning
+// unknown, so its windows still close.
+func (e *Engine) advanceSilent() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
@@ -624,17 +631,18 @@ func (e *Engine) row(a collector.Asset, machineType, kind string, start time.Tim
 	}
 }
 
-// Run ticks the engine and saves its state until ctx is done, then saves
-// it a last time.
-func (e *Engine) Run(ctx context.Context) error {
+// Tick moves silent machines on and saves the state every few seconds
+// until ctx is done. The caller saves a last time once no more samples
+// come.
+func (e *Engine) Tick(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return e.Save()
+			return
 		case <-t.C:
-			e.Tick()
+			e.advanceSilent()
 			if err := e.Save(); err != nil {
 				e.log.Error("kpi: cannot save state; a restart would lose this shift's KPIs so far", "file", e.state, "err", err)
 			}

@@ -71,7 +71,7 @@ func (h *harness) feed(at time.Time, signal string, v collector.Value) {
 // machine.
 func (h *harness) finish() {
 	h.e.now = func() time.Time { return time.Date(2030, 1, 1, 1, 0, 0, 0, time.UTC) }
-	h.e.Tick()
+	h.e.advanceSilent()
 }
 
 func (h *harness) state(at time.Time, s string) {
