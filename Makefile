@@ -19,9 +19,11 @@ build:
 test:
 	bash deploy/scripts/testenv.sh bash deploy/scripts/test.sh
 
+# Simulated machines, an embedded MQTT broker, InfluxDB 1.8 (installed into
+# ~/.cache/shopfloor on first use) and the agent, until Ctrl-C. Everything
+# the demo writes is in .demo/. DEMO_FLAGS passes flags to shopfloor demo.
 demo:
-	@echo "make demo arrives with the simulated machines (issue 4); until then see README.md, 'Running the agent'." >&2
-	@exit 2
+	bash deploy/scripts/demo.sh $(DEMO_FLAGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -44,6 +44,8 @@ const usage = `shopfloor — machine data collector for the shop floor
 Usage:
   shopfloor agent --config FILE   run the agent until SIGTERM or Ctrl-C
   shopfloor check --config FILE   check a config file and print every problem
+  shopfloor demo [flags]          simulated machines, an MQTT broker, the agent and
+                                  InfluxDB on this machine (see make demo)
   shopfloor version               print version, commit and Go version
 
 Run 'shopfloor COMMAND -h' for the flags of a command.
@@ -60,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runAgent(rest, stdout, stderr)
 	case "check":
 		return runCheck(rest, stdout, stderr)
+	case "demo":
+		return runDemo(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "shopfloor %s\ncommit %s\n%s\n", version, commit(), goVersion())
 		return exitOK

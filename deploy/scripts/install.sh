@@ -35,10 +35,17 @@ ensure_influxd() { # sets INFLUXD to an influxd 1.8 binary, building it once int
   if [ -x "$INFLUXD" ]; then return 0; fi
   echo "install: building influxd $INFLUXD_VERSION into $SHOPFLOOR_CACHE/bin (first run only, about a minute)..." >&2
   mkdir -p "$SHOPFLOOR_CACHE/bin"
-  local start=$SECONDS
+  local start=$SECONDS rc=0
+  # go install is silent for a minute: say that it is still at work.
+  ( while sleep 10; do echo "install: still building influxd ($((SECONDS - start)) s)..." >&2; done ) &
+  local ticker=$!
   (cd "$SHOPFLOOR_CACHE" && GOFLAGS=-buildvcs=false GOBIN="$SHOPFLOOR_CACHE/bin" \
-    go install "github.com/influxdata/influxdb/cmd/influxd@$INFLUXD_VERSION") ||
-    { echo "install: go install influxd failed; check that the Go module proxy is reachable" >&2; return 1; }
+    go install "github.com/influxdata/influxdb/cmd/influxd@$INFLUXD_VERSION") || rc=$?
+  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then
+    echo "install: go install influxd failed; check that the Go module proxy is reachable" >&2
+    return 1
+  fi
   echo "install: influxd ready after $((SECONDS - start)) s" >&2
 }
 
