@@ -44,6 +44,7 @@ const usage = `shopfloor — machine data collector for the shop floor
 Usage:
   shopfloor agent --config FILE   run the agent until SIGTERM or Ctrl-C
   shopfloor check --config FILE   check a config file and print every problem
+  shopfloor simulate [flags]      simulated CNCs and robots publishing over MQTT
   shopfloor demo [flags]          simulated machines, an MQTT broker, the agent and
                                   InfluxDB on this machine (see make demo)
   shopfloor version               print version, commit and Go version
@@ -64,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCheck(rest, stdout, stderr)
 	case "demo":
 		return runDemo(rest, stdout, stderr)
+	case "simulate":
+		return runSimulate(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "shopfloor %s\ncommit %s\n%s\n", version, commit(), goVersion())
 		return exitOK
