@@ -527,3 +527,61 @@ func TestDeadDatabaseLosesNothing(t *testing.T) {
 	agent.waitReady()
 	agent.stop()
 }
+
+// TestReloadOnSIGHUP: SIGHUP with a broken file keeps the agent running
+// on its config; with a valid one the agent restarts on the new config
+// and loses nothing queued.
+func TestReloadOnSIGHUP(t *testing.T) {
+	broker, influx := collectortest.Mosquitto(t), collectortest.Influx(t)
+	collectortest.CreateDatabase(t, influx.URL(), "shopfloor")
+	orig, err := os.ReadFile(exampleConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := startAgent(t, path, broker, influx, "shopfloor")
+	pub := collectortest.Publisher(t, broker.URL())
+	collectortest.Publish(t, pub, telemetry("line-1", "cnc-01", baseMS, 1))
+	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 1, 30*time.Second)
+
+	// A broken file: refused, the agent keeps running.
+	if err := os.WriteFile(path, []byte("agent: {data_dir: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		logs, _ := os.ReadFile(agent.logs)
+		if !strings.Contains(string(logs), "reload refused") {
+			return fmt.Errorf("no refusal in the log yet")
+		}
+		return nil
+	})
+	collectortest.Publish(t, pub, telemetry("line-1", "cnc-01", baseMS+1000, 2))
+	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 2, 30*time.Second)
+
+	// A valid new config: the source gets another name.
+	renamed := strings.Replace(string(orig), "name: factory-mqtt", "name: hall-2", 1)
+	if err := os.WriteFile(path, []byte(renamed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	collectortest.Eventually(t, 30*time.Second, func() error {
+		if agent.metric("shopfloor_source_connected", "source=hall-2") != 1 {
+			return fmt.Errorf("source hall-2 not connected yet")
+		}
+		return nil
+	})
+	collectortest.Publish(t, pub, telemetry("line-1", "cnc-01", baseMS+2000, 3))
+	countField(t, influx.URL(), "shopfloor", "spindle_speed_rpm", 3, 30*time.Second)
+	if !agent.running() {
+		t.Fatal("the agent exited")
+	}
+	agent.stop()
+}

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
@@ -138,22 +139,63 @@ func runAgent(args []string, _, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "shopfloor agent: not starting with an invalid config")
 		return exitUsage
 	}
-	logger := newLogger(stderr, cfg.Agent.Log)
-	routePahoLogs(logger)
-
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	a, err := NewAgent(cfg, logger)
-	if err != nil {
-		logger.Error("agent cannot start", "err", err)
-		return exitFailed
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	for {
+		logger := newLogger(stderr, cfg.Agent.Log)
+		routePahoLogs(logger)
+		a, err := NewAgent(cfg, logger)
+		if err != nil {
+			logger.Error("agent cannot start", "err", err)
+			return exitFailed
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- a.Run(runCtx) }()
+		next, reload := waitForReload(ctx, path, hup, done, logger, stderr)
+		cancel()
+		if err := <-done; err != nil {
+			logger.Error("agent stopped with an error", "err", err)
+			return exitFailed
+		}
+		if !reload {
+			logger.Info("agent stopped")
+			return exitOK
+		}
+		// The agent has drained and closed its queue and listener; the
+		// new one picks up the queue and the KPI state from disk.
+		logger.Info("agent restarting with the reloaded config", "config", path)
+		cfg = next
 	}
-	if err := a.Run(ctx); err != nil {
-		logger.Error("agent stopped with an error", "err", err)
-		return exitFailed
+}
+
+// waitForReload returns when the agent should stop: with reload true and
+// the new config after a SIGHUP with a valid file, with reload false when
+// ctx ends or the agent stopped by itself (its error is left in done). A
+// SIGHUP with an invalid file is refused, its problems printed, and the
+// agent keeps running with the config it has.
+func waitForReload(ctx context.Context, path string, hup <-chan os.Signal, done chan error, logger *slog.Logger, stderr io.Writer) (Config, bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return Config{}, false
+		case err := <-done:
+			done <- err
+			return Config{}, false
+		case <-hup:
+			logger.Info("SIGHUP: reloading the config", "config", path)
+			cfg, ok := loadConfig(path, stderr)
+			if !ok {
+				logger.Error("reload refused: the config has problems (printed above); the agent keeps running with its current config", "config", path)
+				continue
+			}
+			return cfg, true
+		}
 	}
-	logger.Info("agent stopped")
-	return exitOK
 }
 
 // commit is the VCS revision the binary was built from, as the Go
