@@ -22,6 +22,7 @@ type Metrics struct {
 	deadLetters    *prometheus.CounterVec
 	corruptRecords *prometheus.CounterVec
 	batchLatency   *prometheus.HistogramVec
+	latency        *prometheus.HistogramVec
 	reg            prometheus.Registerer
 }
 
@@ -73,10 +74,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time of one sink write call, successful or not.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"sink"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "shopfloor_sink_sample_latency_seconds",
+			Help:    "Time from a machine sample's source timestamp to the sink confirming it: the end-to-end delay, backlog and clock skew included.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 17),
+		}, []string{"sink"}),
 		reg: reg,
 	}
 	reg.MustRegister(m.messages, m.samples, m.badInputs, m.connected, m.restarts,
-		m.pointsWritten, m.sinkErrors, m.dropped, m.deadLetters, m.corruptRecords, m.batchLatency)
+		m.pointsWritten, m.sinkErrors, m.dropped, m.deadLetters, m.corruptRecords, m.batchLatency, m.latency)
 	return m
 }
 

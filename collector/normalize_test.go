@@ -293,3 +293,35 @@ func TestMappingRuleValidate(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkNormalize is the mapping step for one message of the example's
+// shape: seven signals, asset from the topic, renames and a state.
+func BenchmarkNormalize(b *testing.B) {
+	n, err := NewNormalizer(NormalizeConfig{
+		Asset: AssetRule{Site: "plant", MachineType: "cnc", FromOrigin: []string{"factory/{line}/{machine}/telemetry"}},
+		Mapping: []MappingRule{
+			{Match: "spindle_speed", Signal: SignalSpindleSpeed}, {Match: "spindle_load", Signal: SignalSpindleLoad},
+			{Match: "part_count", Signal: SignalPartCountGood}, {Match: "temperature", Signal: SignalTemperature},
+			{Match: "power_w", Signal: SignalPower}, {Match: "program", Signal: SignalProgram}, {Match: "state", Signal: SignalState},
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := time.Now()
+	in := []Sample{
+		{Signal: "state", Value: String("running"), SourceTime: ts}, {Signal: "spindle_speed", Value: Float(12000), SourceTime: ts},
+		{Signal: "spindle_load", Value: Float(41.5), SourceTime: ts}, {Signal: "part_count", Value: Float(1834), SourceTime: ts},
+		{Signal: "temperature", Value: Float(36.2), SourceTime: ts}, {Signal: "power_w", Value: Float(5400), SourceTime: ts},
+		{Signal: "program", Value: String("O1234"), SourceTime: ts},
+	}
+	var out []Sample
+	var problems []Problem
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		out, problems = n.Normalize(Batch{Origin: "factory/line-1/cnc-07/telemetry", Samples: in}, out[:0], problems[:0])
+	}
+	if len(out) != 7 || len(problems) != 0 {
+		b.Fatalf("%d samples, %v", len(out), problems)
+	}
+}

@@ -158,6 +158,12 @@ func (p *Pipeline) writeRetrying(ctx context.Context, batch []Sample) error {
 		p.metrics.batchLatency.WithLabelValues(name).Observe(time.Since(start).Seconds())
 		if err == nil {
 			p.metrics.pointsWritten.WithLabelValues(name).Add(float64(len(batch)))
+			lat, now := p.metrics.latency.WithLabelValues(name), time.Now()
+			for i := range batch {
+				if batch[i].Window == "" && !batch[i].SourceTime.IsZero() {
+					lat.Observe(now.Sub(batch[i].SourceTime).Seconds())
+				}
+			}
 			if attempt > 1 {
 				p.log.Info("sink recovered", "sink", name, "attempts", attempt)
 			}

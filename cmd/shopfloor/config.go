@@ -39,6 +39,10 @@ type HTTPConfig struct {
 	// Listen is host:port. The default binds to loopback only, because the
 	// listener has no authentication of its own yet.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler under /debug/pprof/, for finding where
+	// the agent spends its time. Off by default: profiles reveal internals
+	// and cost CPU while taken.
+	Pprof bool `yaml:"pprof"`
 }
 
 // LogConfig chooses the log level and format.
