@@ -112,7 +112,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	// InfluxDB.
 	influxURL := o.influxURL
 	if o.influxd != "" {
-		u, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), logFile)
+		u, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), "127.0.0.1:8086", logFile)
 		if err != nil {
 			return err
 		}
@@ -218,10 +218,10 @@ Ctrl-C stops everything; the next start reuses %s.
 	}
 }
 
-// startInfluxd runs an InfluxDB 1.8 with its data in dir, on 8086 when
-// that is free.
-func startInfluxd(ctx context.Context, bin, dir string, log io.Writer) (string, func(), error) {
-	port, err := freePort("127.0.0.1:8086")
+// startInfluxd runs an InfluxDB 1.8 with its data in dir, on addr when
+// that is free, else on a free port.
+func startInfluxd(ctx context.Context, bin, dir, addr string, log io.Writer) (string, func(), error) {
+	port, err := freePort(addr)
 	if err != nil {
 		return "", nil, err
 	}

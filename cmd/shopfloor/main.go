@@ -48,6 +48,7 @@ Usage:
   shopfloor simulate [flags]      simulated CNCs and robots publishing over MQTT
   shopfloor demo [flags]          simulated machines, an MQTT broker, the agent and
                                   InfluxDB on this machine (see make demo)
+  shopfloor loadtest [flags]      measure the agent end to end against the set-up's ceilings
   shopfloor version               print version, commit and Go version
 
 Run 'shopfloor COMMAND -h' for the flags of a command.
@@ -68,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(rest, stdout, stderr)
 	case "simulate":
 		return runSimulate(rest, stdout, stderr)
+	case "loadtest":
+		return runLoadtest(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "shopfloor %s\ncommit %s\n%s\n", version, commit(), goVersion())
 		return exitOK

@@ -1,0 +1,691 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
+	"github.com/noordoostpolder/shopfloor/collector"
+)
+
+// loadOptions are the flags of `shopfloor loadtest`.
+type loadOptions struct {
+	machines, messages, qos, conns int
+	mosquitto, influxd             string
+	unbounded, ceilings, backlog   bool
+	other                          string
+	stall                          time.Duration
+	dir                            string
+}
+
+// loadResult is one measured path.
+type loadResult struct {
+	Path        string
+	Messages    int
+	Stored      int
+	Seconds     float64
+	PerSecond   float64
+	CPUPer100k  float64 // CPU seconds per 100,000 points, -1 when not measured
+	PeakRSSMiB  float64
+	P50, P99    float64 // seconds, -1 when not measured
+	Loss        int
+	Description string
+}
+
+func runLoadtest(args []string, stdout, stderr io.Writer) int {
+	var o loadOptions
+	fs := flag.NewFlagSet("shopfloor loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.machines, "machines", 100, "machines publishing")
+	fs.IntVar(&o.messages, "messages", 200000, "messages in all; one message is one point")
+	fs.IntVar(&o.qos, "qos", 1, "MQTT QoS of publisher and agent, 0 or 1")
+	fs.IntVar(&o.conns, "connections", 4, "publisher connections")
+	fs.StringVar(&o.mosquitto, "mosquitto", os.Getenv("SHOPFLOOR_MOSQUITTO"), "the mosquitto `binary` (default $SHOPFLOOR_MOSQUITTO or PATH)")
+	fs.StringVar(&o.influxd, "influxd", os.Getenv("SHOPFLOOR_INFLUXD"), "the influxd 1.8 `binary` (default $SHOPFLOOR_INFLUXD or PATH)")
+	fs.BoolVar(&o.unbounded, "unbounded-broker", false, "lift Mosquitto's queue limits (default: its defaults, as a real broker has them)")
+	fs.BoolVar(&o.ceilings, "ceilings", true, "also measure the broker-only and InfluxDB-only ceilings")
+	fs.BoolVar(&o.backlog, "backlog", false, "keep InfluxDB down while publishing, then measure the drain (queue memory test)")
+	fs.StringVar(&o.other, "other", "", "also run this collector `command` (with MQTT_URL, INFLUX_URL, INFLUX_BUCKET, QOS in its environment) on the same load")
+	fs.DurationVar(&o.stall, "stall", 30*time.Second, "give up when no point arrives for this long")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 {
+		fmt.Fprintln(stderr, "shopfloor loadtest: need --qos 0 or 1, --machines >= 1, --messages >= machines, --connections >= 1")
+		return exitUsage
+	}
+	for _, b := range []*string{&o.mosquitto, &o.influxd} {
+		if *b == "" {
+			name := map[*string]string{&o.mosquitto: "mosquitto", &o.influxd: "influxd"}[b]
+			p, err := exec.LookPath(name)
+			if err != nil {
+				p, err = exec.LookPath("/usr/sbin/" + name)
+			}
+			if err != nil {
+				fmt.Fprintf(stderr, "shopfloor loadtest: no %s found; run it through `make loadtest`, which installs it\n", name)
+				return exitUsage
+			}
+			*b = p
+		}
+	}
+	dir, err := os.MkdirTemp("", "shopfloor-loadtest-")
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitFailed
+	}
+	defer os.RemoveAll(dir)
+	o.dir = dir
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	results, err := loadtest(ctx, o, stderr)
+	printLoadResults(stdout, o, results)
+	if err != nil {
+		fmt.Fprintf(stderr, "shopfloor loadtest: %v\n", err)
+		return exitFailed
+	}
+	return exitOK
+}
+
+func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
+	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s\n", o.machines, o.messages, o.qos,
+		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded])
+	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss")
+	f := func(v float64, prec int) string {
+		if v < 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(v, 'f', prec, 64)
+	}
+	for _, r := range rs {
+		fmt.Fprintf(w, "%-34s %10d %10.0f %12s %9s %8s %8s %8d\n", r.Path, r.Stored, r.PerSecond, f(r.CPUPer100k, 2), f(r.PeakRSSMiB, 1), f(r.P50, 3), f(r.P99, 3), r.Loss)
+	}
+}
+
+// loadtest measures the ceilings and the agent (and another collector)
+// on the same load, each against a fresh broker and database.
+func loadtest(ctx context.Context, o loadOptions, progress io.Writer) ([]loadResult, error) {
+	var out []loadResult
+	if o.ceilings {
+		r, err := brokerCeiling(ctx, o, progress)
+		if err != nil {
+			return out, fmt.Errorf("broker ceiling: %w", err)
+		}
+		out = append(out, r)
+		for _, conns := range []int{1, 2} {
+			r, err := influxCeiling(ctx, o, conns, progress)
+			if err != nil {
+				return out, fmt.Errorf("InfluxDB ceiling: %w", err)
+			}
+			out = append(out, r)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return out, err
+	}
+	r, err := collectorRun(ctx, o, "shopfloor agent", []string{self, "agent", "--config", "{config}"}, progress)
+	out = append(out, r)
+	if err != nil {
+		return out, err
+	}
+	if o.other != "" {
+		r, err := collectorRun(ctx, o, "other: "+o.other, strings.Fields(o.other), progress)
+		out = append(out, r)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// proc is a child service of the load test.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(name string, args []string, env []string, log string) (*proc, error) {
+	f, err := os.Create(log)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// cpuSeconds and peakRSS read the child's /proc entries (Linux).
+func (p *proc) cpuSeconds() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ is 100 on Linux
+}
+
+func (p *proc) peakRSSMiB() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(l)[1], 64)
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+func waitHTTP(ctx context.Context, u string, ok func(int) bool) error {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+		if resp, err := http.Get(u); err == nil {
+			resp.Body.Close()
+			if ok(resp.StatusCode) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not answer within 60 s", u)
+}
+
+// loadEnv is a fresh Mosquitto and InfluxDB for one measurement.
+type loadEnv struct {
+	dir, mqttURL, influxURL string
+	influxAddr              string
+	broker                  *proc
+	stopInflux              func()
+	o                       loadOptions
+}
+
+func newLoadEnv(ctx context.Context, o loadOptions, sub string) (*loadEnv, error) {
+	e := &loadEnv{dir: filepath.Join(o.dir, sub), o: o}
+	if err := os.MkdirAll(e.dir, 0o750); err != nil {
+		return nil, err
+	}
+	mport, err := freePort("127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf("user root\nlistener %d 127.0.0.1\nallow_anonymous true\n", mport)
+	if o.unbounded {
+		conf += "max_queued_messages 0\nmax_inflight_messages 0\n"
+	}
+	if err := os.WriteFile(filepath.Join(e.dir, "mosquitto.conf"), []byte(conf), 0o640); err != nil {
+		return nil, err
+	}
+	if e.broker, err = startProc(o.mosquitto, []string{"-c", filepath.Join(e.dir, "mosquitto.conf")}, os.Environ(), filepath.Join(e.dir, "mosquitto.log")); err != nil {
+		return nil, err
+	}
+	e.mqttURL = "tcp://127.0.0.1:" + strconv.Itoa(mport)
+	iport, err := freePort("127.0.0.1:0")
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	e.influxAddr = "127.0.0.1:" + strconv.Itoa(iport)
+	if err := e.influxUp(ctx); err != nil {
+		e.close()
+		return nil, err
+	}
+	_ = createDatabase(e.influxURL, "loadtest")
+	return e, nil
+}
+
+// influxUp starts (or restarts, on the same data and port) InfluxDB.
+func (e *loadEnv) influxUp(ctx context.Context) error {
+	u, stop, err := startInfluxd(ctx, e.o.influxd, filepath.Join(e.dir, "influxdb"), e.influxAddr, io.Discard)
+	if err != nil {
+		return err
+	}
+	e.influxURL, e.stopInflux = u, stop
+	return nil
+}
+
+func (e *loadEnv) influxDown() {
+	if e.stopInflux != nil {
+		e.stopInflux()
+		e.stopInflux = nil
+	}
+}
+
+func (e *loadEnv) close() {
+	e.influxDown()
+	if e.broker != nil {
+		e.broker.stop()
+	}
+}
+
+// message renders message i: 5 numbers and a string, one point.
+func message(o loadOptions, i int, ts int64) (string, []byte) {
+	m := i % o.machines
+	topic := fmt.Sprintf("factory/line-%d/m-%03d/telemetry", m%10, m)
+	return topic, fmt.Appendf(nil, `{"ts":%d,"spindle_speed":%d,"spindle_load":%d.5,"temperature":%d.25,"power_w":%d,"part_count":%d,"state":"running"}`,
+		ts, 12000+i%1000, 40+i%20, 30+i%10, 5000+i%700, i/o.machines)
+}
+
+// publish sends o.messages at full speed over o.conns connections and
+// returns when the broker acknowledged them (QoS 1) or they were written
+// (QoS 0). Source timestamps are the publish time, unique per machine.
+func publish(ctx context.Context, o loadOptions, mqttURL string, sent *atomic.Int64) error {
+	base := time.Now().UnixMilli()
+	var wg sync.WaitGroup
+	errs := make(chan error, o.conns)
+	for c := 0; c < o.conns; c++ {
+		opts := paho.NewClientOptions().AddBroker(mqttURL).SetClientID(fmt.Sprintf("loadtest-pub-%d-%d", c, time.Now().UnixNano())).
+			SetCleanSession(true).SetAutoReconnect(false).SetMaxResumePubInFlight(1000).SetWriteTimeout(30 * time.Second)
+		client := paho.NewClient(opts)
+		if tok := client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("publisher connect: %v", tok.Error())
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer client.Disconnect(250)
+			var window []paho.Token
+			for i := c; i < o.messages; i += o.conns {
+				if ctx.Err() != nil {
+					return
+				}
+				// Unique per machine: messages of one machine are o.machines apart.
+				ts := base + int64(i/o.machines)
+				topic, payload := message(o, i, ts)
+				window = append(window, client.Publish(topic, byte(o.qos), false, payload))
+				if len(window) == 500 {
+					for _, t := range window {
+						if !t.WaitTimeout(60*time.Second) || t.Error() != nil {
+							errs <- fmt.Errorf("publish: %v", t.Error())
+							return
+						}
+					}
+					sent.Add(int64(len(window)))
+					window = window[:0]
+				}
+			}
+			for _, t := range window {
+				t.WaitTimeout(60 * time.Second)
+			}
+			sent.Add(int64(len(window)))
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// brokerCeiling: publisher to Mosquitto to one subscriber, no database.
+func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (loadResult, error) {
+	r := loadResult{Path: "ceiling: broker only", Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1}
+	env, err := newLoadEnv(ctx, o, "broker")
+	if err != nil {
+		return r, err
+	}
+	defer env.close()
+	mqttURL := env.mqttURL
+	var got atomic.Int64
+	opts := paho.NewClientOptions().AddBroker(mqttURL).SetClientID("loadtest-sub").SetCleanSession(true).SetOrderMatters(false)
+	sub := paho.NewClient(opts)
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return r, fmt.Errorf("subscriber: %v", tok.Error())
+	}
+	defer sub.Disconnect(250)
+	if tok := sub.Subscribe("factory/#", byte(o.qos), func(paho.Client, paho.Message) { got.Add(1) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return r, fmt.Errorf("subscribe: %v", tok.Error())
+	}
+	var sent atomic.Int64
+	start := time.Now()
+	if err := publish(ctx, o, mqttURL, &sent); err != nil {
+		return r, err
+	}
+	last, lastChange := int64(-1), time.Now()
+	for got.Load() < int64(o.messages) && time.Since(lastChange) < 5*time.Second {
+		if n := got.Load(); n != last {
+			last, lastChange = n, time.Now()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.Stored = int(got.Load())
+	r.Seconds = time.Since(start).Seconds()
+	if r.Stored == o.messages {
+		r.Seconds = lastChange.Sub(start).Seconds()
+	}
+	r.PerSecond = float64(r.Stored) / r.Seconds
+	r.Loss = o.messages - r.Stored
+	fmt.Fprintf(progress, "ceiling broker only: %d of %d in %.1f s\n", r.Stored, o.messages, r.Seconds)
+	return r, nil
+}
+
+// influxCeiling: the same points as line protocol posted straight to
+// InfluxDB over conns connections.
+func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Writer) (loadResult, error) {
+	r := loadResult{Path: fmt.Sprintf("ceiling: InfluxDB only, %d conn", conns), Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1}
+	env, err := newLoadEnv(ctx, o, fmt.Sprintf("influx%d", conns))
+	if err != nil {
+		return r, err
+	}
+	defer env.close()
+	influxURL := env.influxURL
+	base := time.Now()
+	var bodies [][]byte
+	var batch []collector.Sample
+	for i := 0; i < o.messages; i++ {
+		m := i % o.machines
+		ts := base.Add(time.Duration(i/o.machines) * time.Millisecond)
+		a := collector.Asset{Site: "plant", Line: fmt.Sprintf("line-%d", m%10), Machine: fmt.Sprintf("m-%03d", m)}
+		for k, f := range []string{"spindle_speed_rpm", "spindle_load_pct", "temperature_c", "power_w", "part_count_good"} {
+			batch = append(batch, collector.Sample{Asset: a, MachineType: "cnc", Signal: f, Value: collector.Float(float64(i + k)), SourceTime: ts})
+		}
+		batch = append(batch, collector.Sample{Asset: a, MachineType: "cnc", Signal: "state", Value: collector.String("running"), SourceTime: ts})
+		if (i+1)%5000 == 0 || i == o.messages-1 {
+			body, _, err := influxdb.AppendLines(nil, "machine", batch)
+			if err != nil {
+				return r, err
+			}
+			bodies = append(bodies, body)
+			batch = batch[:0]
+		}
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	next := atomic.Int64{}
+	for c := 0; c < conns; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(bodies) || ctx.Err() != nil {
+					return
+				}
+				resp, err := http.Post(influxURL+"/api/v2/write?bucket=loadtest&precision=ns", "text/plain", bytes.NewReader(bodies[i]))
+				if err != nil || resp.StatusCode/100 != 2 {
+					failed.Add(1)
+				}
+				if resp != nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.Seconds = time.Since(start).Seconds()
+	r.Stored = o.messages
+	if failed.Load() > 0 {
+		return r, fmt.Errorf("%d write requests failed", failed.Load())
+	}
+	r.PerSecond = float64(o.messages) / r.Seconds
+	fmt.Fprintf(progress, "ceiling InfluxDB only (%d connection(s)): %d points in %.1f s\n", conns, o.messages, r.Seconds)
+	return r, nil
+}
+
+const loadAgentConfig = `agent:
+  data_dir: ${SHOPFLOOR_DATA_DIR}
+  http: {listen: "${SHOPFLOOR_HTTP}"}
+  log: {level: warn}
+sources:
+  - name: load
+    mqtt:
+      url: ${MQTT_URL}
+      client_id: shopfloor-loadtest
+      subscriptions:
+        - topic: factory/+/+/telemetry
+          qos: ${QOS}
+          json: {time_field: ts, time_format: unix_ms}
+    asset:
+      site: plant
+      machine_type: cnc
+      from_origin: ["factory/{line}/{machine}/telemetry"]
+    mapping:
+      - {match: spindle_speed, signal: spindle_speed_rpm}
+      - {match: spindle_load, signal: spindle_load_pct}
+      - {match: part_count, signal: part_count_good}
+      - {match: temperature, signal: temperature_c}
+sink:
+  influxdb:
+    url: ${INFLUX_URL}
+    bucket: ${INFLUX_BUCKET}
+`
+
+// collectorRun drives the load through a collector process into InfluxDB.
+// In args, "{config}" is replaced by the agent config's path.
+func collectorRun(ctx context.Context, o loadOptions, name string, args []string, progress io.Writer) (loadResult, error) {
+	r := loadResult{Path: name, Messages: o.messages, P50: -1, P99: -1}
+	sub := "collector-" + strconv.Itoa(len(name))
+	env, err := newLoadEnv(ctx, o, sub)
+	if err != nil {
+		return r, err
+	}
+	defer env.close()
+	mqttURL, influxURL, dir := env.mqttURL, env.influxURL, env.dir
+	cfgPath := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfgPath, []byte(loadAgentConfig), 0o640); err != nil {
+		return r, err
+	}
+	httpPort, _ := freePort("127.0.0.1:0")
+	httpURL := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	procEnv := append(os.Environ(), "MQTT_URL="+mqttURL, "INFLUX_URL="+influxURL, "INFLUX_BUCKET=loadtest", "QOS="+strconv.Itoa(o.qos),
+		"SHOPFLOOR_HTTP="+strings.TrimPrefix(httpURL, "http://"), "SHOPFLOOR_DATA_DIR="+filepath.Join(dir, "data"))
+	for i, a := range args {
+		args[i] = strings.ReplaceAll(a, "{config}", cfgPath)
+	}
+	p, err := startProc(args[0], args[1:], procEnv, filepath.Join(dir, "collector.log"))
+	if err != nil {
+		return r, err
+	}
+	defer p.stop()
+	isAgent := strings.HasPrefix(name, "shopfloor")
+	if isAgent {
+		if err := waitHTTP(ctx, httpURL+"/readyz", func(c int) bool { return c == 200 }); err != nil {
+			return r, fmt.Errorf("agent not ready: %w; see %s", err, filepath.Join(dir, "collector.log"))
+		}
+	} else {
+		time.Sleep(3 * time.Second) // no common readiness signal
+	}
+	if o.backlog {
+		env.influxDown()
+	}
+	cpu0 := p.cpuSeconds()
+	var sent atomic.Int64
+	start := time.Now()
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- publish(ctx, o, mqttURL, &sent) }()
+	if o.backlog {
+		if err := <-pubDone; err != nil {
+			return r, err
+		}
+		fmt.Fprintf(progress, "%s: %d messages published while InfluxDB is down; waiting for them to be queued\n", name, o.messages)
+		// Let the agent take everything into its queue, then bring the
+		// database back with its data.
+		for stable := 0; stable < 3; {
+			q := scrapeMetric(httpURL, "shopfloor_queue_records")
+			if q >= float64(o.messages) {
+				break
+			}
+			time.Sleep(time.Second)
+			if q < 0 {
+				stable++
+			}
+		}
+		r.Description = fmt.Sprintf("peak RSS with the backlog queued: %.1f MiB", p.peakRSSMiB())
+		if err := env.influxUp(ctx); err != nil {
+			return r, err
+		}
+		start = time.Now()
+		cpu0 = p.cpuSeconds()
+		pubDone <- nil
+	}
+	stored, lastChange := 0, time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	pubErr := error(nil)
+	for stored < o.messages && time.Since(lastChange) < o.stall {
+		select {
+		case <-ctx.Done():
+			return r, ctx.Err()
+		case err := <-pubDone:
+			pubErr = err
+			pubDone = nil
+		case <-tick.C:
+		}
+		n := countPoints(influxURL)
+		if n != stored {
+			stored, lastChange = n, time.Now()
+		}
+		fmt.Fprintf(progress, "%s: published %d/%d, stored %d, %.0f points/s\n", name, sent.Load(), o.messages, stored, float64(stored)/time.Since(start).Seconds())
+	}
+	if pubErr != nil {
+		return r, pubErr
+	}
+	r.Stored = stored
+	r.Seconds = lastChange.Sub(start).Seconds()
+	r.PerSecond = float64(stored) / r.Seconds
+	r.Loss = o.messages - stored
+	r.CPUPer100k = (p.cpuSeconds() - cpu0) / float64(max(stored, 1)) * 100000
+	r.PeakRSSMiB = p.peakRSSMiB()
+	if isAgent {
+		r.P50, r.P99 = latencyQuantiles(httpURL)
+	}
+	if r.Description != "" {
+		fmt.Fprintln(progress, r.Description)
+	}
+	return r, nil
+}
+
+func countPoints(influxURL string) int {
+	resp, err := http.PostForm(influxURL+"/query", url.Values{"db": {"loadtest"}, "q": {`SELECT count("power_w") FROM machine`}})
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Results []struct {
+			Series []struct {
+				Values [][]any `json:"values"`
+			} `json:"series"`
+		} `json:"results"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&body) != nil || len(body.Results) == 0 || len(body.Results[0].Series) == 0 {
+		return 0
+	}
+	v, _ := body.Results[0].Series[0].Values[0][1].(float64)
+	return int(v)
+}
+
+func scrapeMetric(httpURL, name string) float64 {
+	resp, err := http.Get(httpURL + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, name+"{") || strings.HasPrefix(l, name+" ") {
+			f, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// latencyQuantiles estimates p50 and p99 from the agent's latency
+// histogram, interpolating inside a bucket as Prometheus does.
+func latencyQuantiles(httpURL string) (p50, p99 float64) {
+	resp, err := http.Get(httpURL + "/metrics")
+	if err != nil {
+		return -1, -1
+	}
+	defer resp.Body.Close()
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.HasPrefix(l, "shopfloor_sink_sample_latency_seconds_bucket{") {
+			continue
+		}
+		i := strings.Index(l, `le="`)
+		j := strings.Index(l[i+4:], `"`)
+		le, err := strconv.ParseFloat(l[i+4:i+4+j], 64)
+		if err != nil {
+			le = math.Inf(1)
+		}
+		n, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+		bs = append(bs, bucket{le, n})
+	}
+	sort.Slice(bs, func(i, j int) bool { return bs[i].le < bs[j].le })
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		return -1, -1
+	}
+	total := bs[len(bs)-1].n
+	q := func(p float64) float64 {
+		rank := p * total
+		prevLe, prevN := 0.0, 0.0
+		for _, b := range bs {
+			if b.n >= rank {
+				if math.IsInf(b.le, 1) {
+					return prevLe
+				}
+				return prevLe + (b.le-prevLe)*(rank-prevN)/math.Max(b.n-prevN, 1)
+			}
+			prevLe, prevN = b.le, b.n
+		}
+		return prevLe
+	}
+	return q(0.5), q(0.99)
+}
+
