@@ -688,4 +688,3 @@ func latencyQuantiles(httpURL string) (p50, p99 float64) {
 	}
 	return q(0.5), q(0.99)
 }
-
