@@ -163,6 +163,7 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
+		SetCustomOpenConnectionFn(openConnection).
 		// Ordered delivery to the handler keeps each topic's order
 		// through to the shard; the handler only enqueues.
 		SetOrderMatters(true).

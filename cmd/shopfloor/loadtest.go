@@ -472,7 +472,7 @@ func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Wr
 
 const loadAgentConfig = `agent:
   data_dir: ${SHOPFLOOR_DATA_DIR}
-  http: {listen: "${SHOPFLOOR_HTTP}"}
+  http: {listen: "${SHOPFLOOR_HTTP}", pprof: true}
   log: {level: warn}
 sources:
   - name: load
