@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/noordoostpolder/shopfloor/collector/config"
@@ -219,7 +220,8 @@ func NewPipeline(cfg PipelineConfig, sources []SourceSpec, sink SinkSpec, metric
 			return nil, fmt.Errorf("source %s: %w", s.Name, err)
 		}
 		r := &sourceRunner{p: p, name: s.Name, src: s.Source, norm: n,
-			log: logger.With("source", s.Name), bad: newRateLimiter(10 * time.Second)}
+			log: logger.With("source", s.Name), bad: newRateLimiter(10 * time.Second),
+			messages: metrics.messages.WithLabelValues(s.Name), samples: metrics.samples.WithLabelValues(s.Name)}
 		r.state.init(s.Name, "source", false)
 		metrics.connected.WithLabelValues(s.Name).Set(0)
 		p.sources = append(p.sources, r)
@@ -373,6 +375,8 @@ type sourceRunner struct {
 	log   *slog.Logger
 	bad   *rateLimiter
 	state componentState
+	// The source's counters, looked up once rather than per message.
+	messages, samples prometheus.Counter
 }
 
 var _ Output = (*sourceRunner)(nil)
@@ -408,15 +412,20 @@ var problemPool = sync.Pool{New: func() any { s := make([]Problem, 0, 4); return
 
 var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
+var samplePool = sync.Pool{New: func() any { s := make([]Sample, 0, 16); return &s }}
+
 // Emit normalises b and appends the result to the queue. It returns once
 // the record is written, so the source may then acknowledge its message.
 func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.p.metrics.messages.WithLabelValues(r.name).Inc()
+	r.messages.Inc()
 	pp := problemPool.Get().(*[]Problem)
-	out, problems := r.norm.Normalize(b, make([]Sample, 0, len(b.Samples)), (*pp)[:0])
+	sp := samplePool.Get().(*[]Sample)
+	defer func() { *sp = (*sp)[:0]; samplePool.Put(sp) }()
+	out, problems := r.norm.Normalize(b, (*sp)[:0], (*pp)[:0])
+	*sp = out
 	for _, pr := range problems {
 		r.Bad(pr.Reason, pr.Err)
 	}
@@ -433,7 +442,7 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 	if err != nil {
 		return fmt.Errorf("source %s: queue: %w", r.name, err)
 	}
-	r.p.metrics.samples.WithLabelValues(r.name).Add(float64(len(out)))
+	r.samples.Add(float64(len(out)))
 	if r.p.observe != nil {
 		r.p.observe(out)
 	}

@@ -3,6 +3,7 @@ package influxdb
 import (
 	"crypto/x509"
 	"errors"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -34,10 +35,12 @@ type Config struct {
 	KPIMeasurement string `yaml:"kpi_measurement"`
 	// Timeout bounds one HTTP request, connection and response included.
 	Timeout time.Duration `yaml:"timeout"`
-	// Gzip compresses request bodies. It is a pointer because YAML cannot
-	// tell "gzip: false" from a missing key for a plain bool, and the
-	// default is on: line protocol shrinks about tenfold, which matters on
-	// a shop floor uplink. Use UseGzip to read it.
+	// Gzip compresses request bodies. Unset means on, except for an
+	// InfluxDB on the same host (a loopback address or localhost): line
+	// protocol shrinks about tenfold, which matters on a shop floor uplink,
+	// but compressing for the loopback interface only burns CPU. It is a
+	// pointer because YAML cannot tell "gzip: false" from a missing key for
+	// a plain bool. Use UseGzip to read it.
 	Gzip *bool `yaml:"gzip"`
 	// BatchSize is the most points (lines) per HTTP request. The pipeline
 	// sizes its batches with it too, so one pipeline batch is usually one
@@ -84,7 +87,7 @@ func (c *Config) SetDefaults() {
 		c.Timeout = DefaultTimeout
 	}
 	if c.Gzip == nil {
-		on := true
+		on := !loopback(c.URL)
 		c.Gzip = &on
 	}
 	if c.BatchSize == 0 {
@@ -95,9 +98,29 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// UseGzip reports whether request bodies are compressed; unset means yes,
-// so a Config built in code without SetDefaults behaves the same.
-func (c *Config) UseGzip() bool { return c.Gzip == nil || *c.Gzip }
+// UseGzip reports whether request bodies are compressed; unset means yes
+// unless the server is on this host, so a Config built in code without
+// SetDefaults behaves the same.
+func (c *Config) UseGzip() bool {
+	if c.Gzip == nil {
+		return !loopback(c.URL)
+	}
+	return *c.Gzip
+}
+
+// loopback reports whether rawURL names this host.
+func loopback(rawURL string) bool {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
 
 // Validate reports every problem at once, with keys relative to this
 // section so the loader can point at lines.

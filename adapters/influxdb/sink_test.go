@@ -210,12 +210,12 @@ func TestWriteNoAnswer(t *testing.T) {
 }
 
 func TestWriteRequest(t *testing.T) {
-	no := false
+	no, yes := false, true
 	for _, tc := range []struct {
 		name string
 		gzip *bool
 		enc  string
-	}{{"gzip by default", nil, "gzip"}, {"gzip off", &no, ""}} {
+	}{{"not on loopback by default", nil, ""}, {"gzip on", &yes, "gzip"}, {"gzip off", &no, ""}} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake(t, nil)
 			s := newSink(t, Config{URL: f.srv.URL, Bucket: "line-data", Org: "noordoostpolder", Token: "s3cret", Gzip: tc.gzip, Measurement: "m"})
@@ -371,7 +371,10 @@ func TestConfig(t *testing.T) {
 			yaml string
 			gzip bool
 		}{
-			{"url: http://localhost:8086\nbucket: db/autogen\n", true},
+			{"url: http://localhost:8086\nbucket: db/autogen\n", false},
+			{"url: http://127.0.0.1:8086\nbucket: db/autogen\n", false},
+			{"url: https://influx.example:8086\nbucket: db/autogen\n", true},
+			{"url: http://10.1.2.3:8086\nbucket: db/autogen\n", true},
 			{"url: http://localhost:8086\nbucket: db/autogen\ngzip: false\n", false},
 			{"url: http://localhost:8086\nbucket: db/autogen\ngzip: true\n", true},
 		} {
