@@ -14,9 +14,10 @@
 //	MTTR         = failure time / failures
 //	energy per good part = energy / good parts (both over the whole window)
 //
-// Time with no known state (before the first sample, a gap longer than
-// max_gap, an offline machine) is unknown: reported as unknown_s and left
-// out of PBT, never counted as production or as a loss.
+// Time with no known state (a gap longer than max_gap, an offline
+// machine, a state sample of bad quality) is unknown: reported as
+// unknown_s and left out of PBT, never counted as production or as a
+// loss. Time before a machine's first sample is not counted at all.
 package kpi
 
 import (

@@ -109,10 +109,9 @@ func (t *Totals) Compute() KPIs {
 	}
 	if k.HasAvailability && k.HasPerformance && k.HasQuality {
 		k.OEE = k.Availability * k.Performance * k.Quality
-	} else if k.HasAvailability && k.RunS == 0 {
-		// Planned time without any production: the OEE is plainly 0.
-		k.HasQuality, k.OEE = false, 0
 	}
+	// Planned time without any production has an OEE of plainly 0, with
+	// or without a quality; hasOEE says so.
 	if t.GoodAll > 0 && t.EnergyWh > 0 {
 		k.EnergyPerGoodPart, k.HasEnergyPerPart = t.EnergyWh/float64(t.GoodAll), true
 	}
