@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -173,13 +175,40 @@ type Pipeline struct {
 	queue   *queue.Queue
 	dead    *deadLetters
 	limiter *rate.Limiter
-	observe func([]Sample)
+	observe []func(source string, samples []Sample)
 }
 
 // Observe has fn called with every source's normalised samples once they
-// are queued; the KPI engine listens this way. fn must not keep the
-// slice. Call it before Run.
-func (p *Pipeline) Observe(fn func([]Sample)) { p.observe = fn }
+// are queued; the KPI engine and the status page listen this way. fn must
+// not keep the slice. Call it before Run.
+func (p *Pipeline) Observe(fn func(source string, samples []Sample)) {
+	p.observe = append(p.observe, fn)
+}
+
+// maxOrigins bounds the per-source origin counters: a source with ever
+// new topics must not grow the agent.
+const maxOrigins = 10000
+
+// OriginCount is how many messages came from one origin (an MQTT topic).
+type OriginCount struct {
+	Origin   string `json:"origin"`
+	Messages int64  `json:"messages"`
+}
+
+// Origins returns, per source, its origins and their message counts.
+func (p *Pipeline) Origins() map[string][]OriginCount {
+	out := map[string][]OriginCount{}
+	for _, r := range p.sources {
+		var list []OriginCount
+		r.origins.Range(func(k, v any) bool {
+			list = append(list, OriginCount{Origin: k.(string), Messages: v.(*atomic.Int64).Load()})
+			return true
+		})
+		sort.Slice(list, func(i, j int) bool { return list[i].Origin < list[j].Origin })
+		out[r.name] = list
+	}
+	return out
+}
 
 // Append queues samples the agent derived itself (KPI rows) for the sink.
 func (p *Pipeline) Append(samples []Sample) error {
@@ -377,6 +406,8 @@ type sourceRunner struct {
 	state componentState
 	// The source's counters, looked up once rather than per message.
 	messages, samples prometheus.Counter
+	origins           sync.Map // origin -> *atomic.Int64
+	nOrigins          atomic.Int64
 }
 
 var _ Output = (*sourceRunner)(nil)
@@ -421,6 +452,15 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 		return err
 	}
 	r.messages.Inc()
+	if c, ok := r.origins.Load(b.Origin); ok {
+		c.(*atomic.Int64).Add(1)
+	} else if r.nOrigins.Load() < maxOrigins {
+		c, loaded := r.origins.LoadOrStore(b.Origin, new(atomic.Int64))
+		if !loaded {
+			r.nOrigins.Add(1)
+		}
+		c.(*atomic.Int64).Add(1)
+	}
 	pp := problemPool.Get().(*[]Problem)
 	sp := samplePool.Get().(*[]Sample)
 	defer func() { *sp = (*sp)[:0]; samplePool.Put(sp) }()
@@ -443,8 +483,8 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 		return fmt.Errorf("source %s: queue: %w", r.name, err)
 	}
 	r.samples.Add(float64(len(out)))
-	if r.p.observe != nil {
-		r.p.observe(out)
+	for _, fn := range r.p.observe {
+		fn(r.name, out)
 	}
 	return nil
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/kpi"
+	"github.com/noordoostpolder/shopfloor/collector/live"
+	"github.com/noordoostpolder/shopfloor/collector/share"
 )
 
 // Agent is one running edge agent: its pipeline and its HTTP listener.
@@ -31,7 +33,9 @@ type Agent struct {
 	pipeline *collector.Pipeline
 	registry *prometheus.Registry
 	listener net.Listener
-	kpi      *kpi.Engine // nil when KPIs are off
+	kpi      *kpi.Engine   // nil when KPIs are off
+	share    *share.Sharer // nil when cluster sharing is off
+	live     *live.View
 	started  time.Time
 }
 
@@ -67,13 +71,26 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, started: time.Now()}
+	a := &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, started: time.Now(), live: live.New()}
+	p.Observe(a.live.Observe)
 	if cfg.KPI.Enabled {
-		a.kpi, err = kpi.New(cfg.KPI, filepath.Join(cfg.Agent.DataDir, "kpi"), p.Append, logger.With("component", "kpi"))
+		emit := p.Append
+		if cfg.Share.Enabled {
+			a.share, err = share.New(cfg.Share, cfg.Agent.DataDir, logger.With("component", "share"))
+			if err != nil {
+				return nil, fmt.Errorf("share: %w", err)
+			}
+			// The sharer sees every KPI row the sink gets.
+			emit = func(rows []collector.Sample) error {
+				a.share.Observe(rows)
+				return p.Append(rows)
+			}
+		}
+		a.kpi, err = kpi.New(cfg.KPI, filepath.Join(cfg.Agent.DataDir, "kpi"), emit, logger.With("component", "kpi"))
 		if err != nil {
 			return nil, fmt.Errorf("kpi: %w", err)
 		}
-		p.Observe(a.kpi.Observe)
+		p.Observe(func(_ string, samples []collector.Sample) { a.kpi.Observe(samples) })
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "shopfloor_kpi_late_samples_total",
 			Help: "Samples that arrived after their minute's KPIs were final (later than kpi.lateness); they are stored but not in the KPIs.",
@@ -105,7 +122,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- srv.Serve(a.listener) }()
-	a.log.Info("agent started", "http", "http://"+a.listener.Addr().String(), "sources", len(a.cfg.Sources), "data_dir", a.cfg.Agent.DataDir)
+	a.log.Info("agent started", "status_page", "http://"+a.listener.Addr().String()+"/", "sources", len(a.cfg.Sources), "data_dir", a.cfg.Agent.DataDir)
+	if !loopbackListen(a.cfg.Agent.HTTP.Listen) && !a.cfg.Agent.HTTP.Auth.enabled() {
+		a.log.Warn("the status page is reachable from other hosts without a password; set agent.http.auth", "listen", a.cfg.Agent.HTTP.Listen)
+	}
 
 	kpiDone := make(chan struct{})
 	if a.kpi != nil {
@@ -116,6 +136,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		close(kpiDone)
 	}
+	shareDone := make(chan error, 1)
+	if a.share != nil {
+		go func() { shareDone <- a.share.Run(ctx) }()
+	} else {
+		shareDone <- nil
+	}
 	runErr := a.pipeline.Run(ctx)
 	<-kpiDone
 	if a.kpi != nil {
@@ -124,6 +150,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.kpi.Save(); err != nil {
 			runErr = errors.Join(runErr, err)
 		}
+	}
+	runErr = errors.Join(runErr, <-shareDone)
+	if a.share != nil {
+		// After the KPI engine saw the drained samples: a contribution that
+		// became ready meanwhile is queued and sent after the next start.
+		runErr = errors.Join(runErr, a.share.Close())
 	}
 
 	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -147,12 +179,16 @@ func (a *Agent) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", a.serveReady)
+	// The page and its API only read: nothing served here changes the
+	// agent.
+	mux.Handle("GET /", a.requireAuth(http.HandlerFunc(a.servePage)))
+	mux.Handle("GET /api/status", a.requireAuth(http.HandlerFunc(a.serveStatus)))
 	if a.cfg.Agent.HTTP.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", a.requireAuth(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", a.requireAuth(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("/debug/pprof/profile", a.requireAuth(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", a.requireAuth(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", a.requireAuth(http.HandlerFunc(pprof.Trace)))
 	}
 	return mux
 }

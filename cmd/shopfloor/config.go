@@ -11,6 +11,7 @@ import (
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/config"
 	"github.com/noordoostpolder/shopfloor/collector/kpi"
+	"github.com/noordoostpolder/shopfloor/collector/share"
 )
 
 // Config is the agent's configuration file. Every section validates
@@ -22,6 +23,7 @@ type Config struct {
 	Sources  []SourceConfig           `yaml:"sources"`
 	Sink     SinkConfig               `yaml:"sink"`
 	KPI      kpi.Config               `yaml:"kpi"`
+	Share    share.Config             `yaml:"share"`
 }
 
 // AgentConfig is the process-wide part: where state lives, the HTTP
@@ -34,16 +36,30 @@ type AgentConfig struct {
 	Log     LogConfig  `yaml:"log"`
 }
 
-// HTTPConfig is the listener for /metrics, /healthz and /readyz.
+// HTTPConfig is the listener for the status page, /api/status, /metrics,
+// /healthz and /readyz.
 type HTTPConfig struct {
-	// Listen is host:port. The default binds to loopback only, because the
-	// listener has no authentication of its own yet.
+	// Listen is host:port. The default binds to loopback only; bound
+	// elsewhere, set Auth.
 	Listen string `yaml:"listen"`
+	// Auth protects the status page, /api/ and /debug/ (not /metrics,
+	// /healthz and /readyz, which monitoring polls).
+	Auth HTTPAuth `yaml:"auth"`
 	// Pprof serves Go's profiler under /debug/pprof/, for finding where
 	// the agent spends its time. Off by default: profiles reveal internals
 	// and cost CPU while taken.
 	Pprof bool `yaml:"pprof"`
 }
+
+// HTTPAuth is basic auth, a bearer token, or both; either one admits.
+type HTTPAuth struct {
+	Username string        `yaml:"username"`
+	Password config.Secret `yaml:"password"`
+	Token    config.Secret `yaml:"token"`
+}
+
+// enabled reports whether any credential is set.
+func (h HTTPAuth) enabled() bool { return h.Username != "" || h.Token != "" }
 
 // LogConfig chooses the log level and format.
 type LogConfig struct {
@@ -105,6 +121,7 @@ func (c *Config) SetDefaults() {
 	}
 	c.Pipeline.SetDefaults()
 	c.KPI.SetDefaults()
+	c.Share.SetDefaults()
 	for i := range c.Sources {
 		if m := c.Sources[i].MQTT; m != nil {
 			m.SetDefaults()
@@ -121,6 +138,10 @@ func (c Config) Validate() error {
 	errs = append(errs, config.Nest("agent", c.Agent.Validate()))
 	errs = append(errs, config.Nest("pipeline", c.Pipeline.Validate()))
 	errs = append(errs, config.Nest("kpi", c.KPI.Validate()))
+	errs = append(errs, config.Nest("share", c.Share.Validate()))
+	if c.Share.Enabled && !c.KPI.Enabled {
+		errs = append(errs, config.Invalid("share.enabled", "shares the KPIs, so it needs kpi.enabled: true"))
+	}
 	if len(c.Sources) == 0 {
 		errs = append(errs, config.Invalid("sources", "needs at least one source, such as an mqtt section; see deploy/examples/mqtt-json.yaml"))
 	}
@@ -149,6 +170,9 @@ func (a AgentConfig) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(a.HTTP.Listen); err != nil {
 		errs = append(errs, config.Invalid("http.listen", "%q is not host:port (use 127.0.0.1:9180, or :9180 for every interface): %v", a.HTTP.Listen, err))
+	}
+	if (a.HTTP.Auth.Username == "") != (a.HTTP.Auth.Password == "") {
+		errs = append(errs, config.Invalid("http.auth", "username and password go together"))
 	}
 	if _, err := parseLevel(a.Log.Level); err != nil {
 		errs = append(errs, config.Invalid("log.level", "%v", err))

@@ -21,6 +21,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+	// The shift calendar needs IANA time zones; embedding them keeps the
+	// agent working on minimal images without the system's tzdata.
+	_ "time/tzdata"
 
 	"github.com/noordoostpolder/shopfloor/collector/config"
 )
@@ -49,6 +52,9 @@ Usage:
   shopfloor demo [flags]          simulated machines, an MQTT broker, the agent and
                                   InfluxDB on this machine (see make demo)
   shopfloor loadtest [flags]      measure the agent end to end against the set-up's ceilings
+  shopfloor hub --config FILE     run the cluster's benchmark hub (deploy/cluster/hub.yaml)
+  shopfloor share-id --config FILE
+                                  print the firm's pseudonym for cluster sharing
   shopfloor version               print version, commit and Go version
 
 Run 'shopfloor COMMAND -h' for the flags of a command.
@@ -71,6 +77,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runSimulate(rest, stdout, stderr)
 	case "loadtest":
 		return runLoadtest(rest, stdout, stderr)
+	case "hub":
+		return runHub(rest, stdout, stderr)
+	case "share-id":
+		return runShareID(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "shopfloor %s\ncommit %s\n%s\n", version, commit(), goVersion())
 		return exitOK

@@ -721,3 +721,32 @@ func (e *Engine) load() error {
 	e.log.Info("kpi: state restored", "file", e.state, "machines", len(st.Machines))
 	return nil
 }
+
+// Current is a machine's KPIs for its current window of one kind.
+type Current struct {
+	Asset collector.Asset
+	Start time.Time
+	Shift string
+	KPIs  KPIs
+}
+
+// Current returns, per machine, the KPIs of its latest window of kind
+// (WindowShift, WindowHour, WindowDay) as far as its minutes are final,
+// for the status page.
+func (e *Engine) Current(kind string) []Current {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Current, 0, len(e.machines))
+	for _, m := range e.machines {
+		var latest *window
+		for _, w := range m.Windows {
+			if w.Kind == kind && (latest == nil || w.Start.After(latest.Start)) {
+				latest = w
+			}
+		}
+		if latest != nil {
+			out = append(out, Current{Asset: m.Asset, Start: latest.Start, Shift: latest.Shift, KPIs: latest.Compute()})
+		}
+	}
+	return out
+}

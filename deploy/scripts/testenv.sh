@@ -17,8 +17,10 @@ ensure_apt mosquitto mosquitto mosquitto-clients
 ensure_apt promtool prometheus
 ensure_influxd
 ensure_npm_deps "$here/../.."
+ensure_apt chromium chromium
 
-export SHOPFLOOR_MOSQUITTO SHOPFLOOR_INFLUXD SHOPFLOOR_PROMTOOL SHOPFLOOR_NODE
+export SHOPFLOOR_MOSQUITTO SHOPFLOOR_INFLUXD SHOPFLOOR_PROMTOOL SHOPFLOOR_NODE SHOPFLOOR_CHROMIUM
+SHOPFLOOR_CHROMIUM=$(find_bin chromium)
 SHOPFLOOR_NODE=$(find_bin node)
 SHOPFLOOR_MOSQUITTO=$(find_bin mosquitto)
 SHOPFLOOR_PROMTOOL=$(find_bin promtool)

@@ -1,0 +1,133 @@
+// Package live keeps what the agent's status page shows of each machine:
+// the last value of every signal with its time, and the machine's state
+// changes of the last hours. It sees the normalised samples as the queue
+// takes them and holds a bounded amount per machine.
+package live
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+)
+
+// Bounds on what is kept, so a machine with ever new signal names or a
+// flapping state cannot grow the agent.
+const (
+	maxSignals       = 200
+	maxStateChanges  = 2000
+	stateHistoryTime = 24 * time.Hour
+)
+
+// Value is the last value of one signal.
+type Value struct {
+	Value   collector.Value
+	Unit    string
+	Quality collector.Quality
+	Time    time.Time // source time
+	Seen    time.Time // when the agent got it
+}
+
+// StateChange is the machine entering a state.
+type StateChange struct {
+	State string    `json:"state"`
+	Time  time.Time `json:"time"`
+}
+
+// Machine is the live view of one machine.
+type Machine struct {
+	Asset       collector.Asset
+	MachineType string
+	Source      string
+	Values      map[string]Value
+	States      []StateChange // oldest first
+	LastSeen    time.Time
+}
+
+// View is the live view of every machine. It is safe for concurrent use.
+type View struct {
+	mu       sync.Mutex
+	machines map[collector.Asset]*Machine
+	now      func() time.Time
+}
+
+// New returns an empty view.
+func New() *View {
+	return &View{machines: map[collector.Asset]*Machine{}, now: time.Now}
+}
+
+// Observe takes the normalised samples of one message of source.
+func (v *View) Observe(source string, samples []collector.Sample) {
+	now := v.now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i := range samples {
+		s := &samples[i]
+		if s.Window != "" || s.Asset.Machine == "" {
+			continue
+		}
+		m := v.machines[s.Asset]
+		if m == nil {
+			m = &Machine{Asset: s.Asset, Values: map[string]Value{}}
+			v.machines[s.Asset] = m
+		}
+		m.Source, m.LastSeen = source, now
+		if s.MachineType != "" {
+			m.MachineType = s.MachineType
+		}
+		t := s.SourceTime
+		if t.IsZero() {
+			t = s.ReceiveTime
+		}
+		if old, ok := m.Values[s.Signal]; ok && old.Time.After(t) {
+			continue // an older sample arriving late does not replace the last
+		}
+		if _, ok := m.Values[s.Signal]; ok || len(m.Values) < maxSignals {
+			m.Values[s.Signal] = Value{Value: s.Value, Unit: s.Unit, Quality: s.Quality, Time: t, Seen: now}
+		}
+		if s.Signal == collector.SignalState {
+			state := s.Value.Str()
+			if s.Quality == collector.QualityBad {
+				state = collector.StateOffline
+			}
+			n := len(m.States)
+			if n == 0 || m.States[n-1].State != state && !t.Before(m.States[n-1].Time) {
+				m.States = append(m.States, StateChange{State: state, Time: t})
+			}
+			cut := 0
+			for cut < len(m.States)-1 && (len(m.States)-cut > maxStateChanges || t.Sub(m.States[cut+1].Time) > stateHistoryTime) {
+				cut++
+			}
+			m.States = m.States[cut:]
+		}
+	}
+}
+
+// Machines returns copies of every machine's view, ordered by site, line
+// and machine.
+func (v *View) Machines() []Machine {
+	v.mu.Lock()
+	out := make([]Machine, 0, len(v.machines))
+	for _, m := range v.machines {
+		c := *m
+		c.Values = make(map[string]Value, len(m.Values))
+		for k, val := range m.Values {
+			c.Values[k] = val
+		}
+		c.States = append([]StateChange(nil), m.States...)
+		out = append(out, c)
+	}
+	v.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].Asset, out[j].Asset
+		if a.Site != b.Site {
+			return a.Site < b.Site
+		}
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Machine < b.Machine
+	})
+	return out
+}
