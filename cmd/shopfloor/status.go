@@ -333,4 +333,3 @@ func loopbackListen(addr string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
-
