@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 2m
 
-.PHONY: all build test demo bench fuzz lint clean
+.PHONY: all build test demo loadtest bench fuzz lint clean
 
 all: build
 
@@ -24,6 +24,11 @@ test:
 # the demo writes is in .demo/. DEMO_FLAGS passes flags to shopfloor demo.
 demo:
 	bash deploy/scripts/demo.sh $(DEMO_FLAGS)
+
+# End-to-end load test against the set-up's ceilings; LOADTEST_FLAGS passes
+# flags to shopfloor loadtest (see README.md, Performance).
+loadtest: build
+	bash deploy/scripts/testenv.sh ./bin/shopfloor loadtest $(LOADTEST_FLAGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
