@@ -8,7 +8,6 @@ package hub
 import (
 	"context"
 	cryptorand "crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -535,11 +534,4 @@ func (h *Hub) pendingLocked() int {
 		}
 	}
 	return n
-}
-
-// seedFrom makes a deterministic generator, for tests and fuzzing.
-func seedFrom(n uint64) *rand.Rand {
-	var seed [32]byte
-	binary.LittleEndian.PutUint64(seed[:], n)
-	return rand.New(rand.NewChaCha8(seed))
 }

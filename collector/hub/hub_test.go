@@ -2,10 +2,12 @@ package hub
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -239,9 +241,9 @@ func TestParse(t *testing.T) {
 	}
 }
 
-// FuzzParse: the hub's parser takes any bytes from the network without
+// FuzzParseContribution: the hub's parser takes any bytes from the network without
 // panicking, and whatever it accepts is within the documented ranges.
-func FuzzParse(f *testing.F) {
+func FuzzParseContribution(f *testing.F) {
 	id := strings.Repeat("0f", 16)
 	f.Add("shopfloor/v1/contrib/"+id+"/cnc-lathe", []byte(`{"v":1,"contributor":"`+id+`","class":"cnc-lathe","period":"1h","start":"2026-11-02T10:00:00Z","machines":3,"kpis":{"oee":0.6,"mtbf_s":1200}}`))
 	f.Add("shopfloor/v1/contrib/"+id+"/cnc-lathe", []byte(`{"v":1,"kpis":{"oee":1e999}}`))
@@ -262,4 +264,11 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// seedFrom makes a deterministic generator, for tests and fuzzing.
+func seedFrom(n uint64) *rand.Rand {
+	var seed [32]byte
+	binary.LittleEndian.PutUint64(seed[:], n)
+	return rand.New(rand.NewChaCha8(seed))
 }

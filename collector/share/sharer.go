@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -60,6 +61,8 @@ type Sharer struct {
 	pub       Publisher
 	q         *queue.Queue
 	now       func() time.Time
+
+	sent, failures atomic.Int64
 
 	mu         sync.Mutex
 	periods    map[int64]*period
@@ -144,6 +147,18 @@ func New(cfg Config, dataDir string, logger *slog.Logger, opts ...Option) (*Shar
 	logger.Info("share: sharing KPIs with the cluster", "pseudonym", s.pseudonym, "broker", cfg.Broker.URL,
 		"classes", len(cfg.Classes), "log", filepath.Join(dir, LogFile))
 	return s, nil
+}
+
+// Stats describe the sharer's traffic, for metrics and the status page.
+type Stats struct {
+	Queued       int64 // contributions waiting to be sent
+	Sent         int64 // contributions the broker acknowledged since start
+	SendFailures int64 // failed connection or publish attempts since start
+}
+
+// Stats reports the sharer's traffic.
+func (s *Sharer) Stats() Stats {
+	return Stats{Queued: s.q.Stats().Records, Sent: s.sent.Load(), SendFailures: s.failures.Load()}
 }
 
 // Pseudonym is the firm's contributor id.
@@ -243,7 +258,7 @@ func (s *Sharer) Close() error {
 	return errors.Join(err, s.q.Close())
 }
 
-// Ready builds the contributions that are due now and were not queued
+// ready builds the contributions that are due now and were not queued
 // yet in that form: a period is due settle after its end once every
 // machine of the class has its hour final.
 func (s *Sharer) ready(now time.Time) []Contribution {
@@ -424,6 +439,8 @@ func (s *Sharer) forward(ctx context.Context) {
 				s.log.Error("share: dropping a damaged queue record")
 			} else if err = s.pub.Publish(ctx, topic, payload); err != nil {
 				break
+			} else {
+				s.sent.Add(1)
 			}
 			err = s.q.Ack(recs[i : i+1])
 		}
@@ -432,6 +449,7 @@ func (s *Sharer) forward(ctx context.Context) {
 			continue
 		}
 		s.q.Rewind()
+		s.failures.Add(1)
 		wait := bo.NextBackOff()
 		if ctx.Err() == nil {
 			s.log.Warn("share: cannot send to the cluster broker; contributions stay queued", "err", err, "retry_in", wait.Round(time.Second), "queued", s.q.Stats().Records)

@@ -1,0 +1,155 @@
+//go:build integration
+
+package share
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
+	"github.com/noordoostpolder/shopfloor/collector/config"
+)
+
+// forwardOn starts, on port, a TCP forwarder to target: the cluster
+// broker becoming reachable.
+func forwardOn(t *testing.T, port int, target string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+}
+
+// TestShareStoreAndForwardTLS: while the cluster broker cannot be
+// reached the contribution waits in the queue on disk; once it can, the
+// agent delivers it over TLS with its own user, and it arrives unchanged.
+func TestShareStoreAndForwardTLS(t *testing.T) {
+	p := newPKI(t)
+	dataDir := t.TempDir()
+	pseudonym, err := PseudonymOf(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := p.serverCert(t)
+	pw := filepath.Join(p.dir, "passwd")
+	if err := os.WriteFile(pw, []byte(mosquittoPassword(t, pseudonym, "firm-pw")+mosquittoPassword(t, "shopfloor-hub", "hub-pw")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tlsPort := collectortest.FreePort(t)
+	collectortest.Mosquitto(t, fmt.Sprintf("listener %d 127.0.0.1", tlsPort), "cafile "+p.CA, "certfile "+cert, "keyfile "+key,
+		"allow_anonymous false", "password_file "+pw)
+
+	// The hub's side: a subscriber on the broker itself.
+	hubCfg := BrokerConfig{URL: fmt.Sprintf("ssl://127.0.0.1:%d", tlsPort), Username: "shopfloor-hub", Password: "hub-pw", TLS: TLSConfig{CAFile: p.CA}}
+	hubCfg.SetDefaults()
+	o, err := hubCfg.ClientOptions("test-hub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan paho.Message, 4)
+	sub := paho.NewClient(o)
+	if err := Wait(context.Background(), sub.Connect(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Disconnect(100)
+	if err := Wait(context.Background(), sub.Subscribe("shopfloor/v1/contrib/#", 1, func(_ paho.Client, m paho.Message) { got <- m }), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// The agent reaches the broker through a port nothing listens on yet.
+	gate := collectortest.FreePort(t)
+	cfg := Config{Enabled: true, Settle: time.Second, Classes: map[string]string{"cnc-1": "cnc-5axis"},
+		Broker: BrokerConfig{URL: fmt.Sprintf("ssl://127.0.0.1:%d", gate), Username: pseudonym,
+			Password: config.Secret("firm-pw"), TLS: TLSConfig{CAFile: p.CA}, ConnectTimeout: 2 * time.Second}}
+	s, err := New(cfg, dataDir, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	a := collector.Asset{Site: "plant", Machine: "cnc-1"}
+	row := func(window string, at time.Time, signal string, v float64) collector.Sample {
+		return collector.Sample{Asset: a, Signal: signal, Value: collector.Float(v), SourceTime: at, Window: window}
+	}
+	s.Observe([]collector.Sample{row("1h", start, "planned_s", 3600), row("1h", start, "oee", 0.61),
+		row("1h", start, "availability", 0.8), row("1m", start.Add(59*time.Minute), "run_s", 60)})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if n := s.q.Stats().Records; n != 1 {
+			return fmt.Errorf("%d queued", n)
+		}
+		return nil
+	})
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if st := s.Stats(); st.SendFailures < 2 {
+			return fmt.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	select {
+	case m := <-got:
+		t.Fatalf("delivered %s before the broker was reachable", m.Topic())
+	default:
+	}
+	if n := s.q.Stats().Records; n != 1 {
+		t.Fatalf("%d contributions queued while the broker is unreachable, want 1", n)
+	}
+
+	forwardOn(t, gate, fmt.Sprintf("127.0.0.1:%d", tlsPort))
+	var m paho.Message
+	select {
+	case m = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the queued contribution was not delivered after the broker became reachable")
+	}
+	if m.Topic() != Topic(DefaultTopicPrefix, pseudonym, "cnc-5axis") {
+		t.Errorf("topic %s", m.Topic())
+	}
+	var c Contribution
+	if err := json.Unmarshal(m.Payload(), &c); err != nil || c.KPIs[KPIOEE] != 0.61 || c.Machines != 1 || !c.Start.Equal(start) {
+		t.Errorf("payload %s (%v)", m.Payload(), err)
+	}
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if st := s.Stats(); st.Queued != 0 || st.Sent != 1 {
+			return fmt.Errorf("stats %+v after delivery", st)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
