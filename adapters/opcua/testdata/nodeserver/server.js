@@ -1,0 +1,129 @@
+// node-opcua server for the opcua adapter's interop tests: an OPC UA
+// implementation shopfloor did not write.
+//
+//   node server.js --port 4840 --pki /tmp/pki [--secure --user u --password p]
+//
+// It serves Objects/Machines/<machine>/<variable> like `shopfloor
+// simulate`, plus Objects/Machines/types-01 with one variable per
+// built-in type. SpindleSpeed changes every 100 ms. It prints
+// "READY <port>" once it listens and stops on SIGTERM.
+"use strict";
+const {
+  OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
+  MessageSecurityMode, SecurityPolicy, nodesets, coerceNodeId, VariantArrayType,
+} = require("node-opcua");
+
+function arg(name, def) {
+  const i = process.argv.indexOf("--" + name);
+  if (i < 0) return def;
+  const v = process.argv[i + 1];
+  return v === undefined || v.startsWith("--") ? true : v;
+}
+
+async function main() {
+  const port = parseInt(arg("port", "4840"), 10);
+  const pki = arg("pki", "./pki");
+  const secure = arg("secure", false) === true;
+  const user = arg("user", "");
+  const password = arg("password", "");
+
+  const serverCertificateManager = new OPCUACertificateManager({
+    rootFolder: pki,
+    automaticallyAcceptUnknownCertificate: true,
+  });
+  const server = new OPCUAServer({
+    port,
+    hostname: "127.0.0.1",
+    nodeset_filename: [nodesets.standard],
+    serverCertificateManager,
+    securityModes: secure ? [MessageSecurityMode.SignAndEncrypt] : [MessageSecurityMode.None],
+    securityPolicies: secure ? [SecurityPolicy.Basic256Sha256] : [SecurityPolicy.None],
+    allowAnonymous: !secure,
+    userManager: {
+      isValidUser: (u, p) => user !== "" && u === user && p === password,
+    },
+    serverInfo: { applicationUri: "urn:shopfloor:interop:node-opcua" },
+  });
+  await server.initialize();
+  const as = server.engine.addressSpace;
+  const ns = as.getOwnNamespace();
+  const machines = ns.addFolder(as.rootFolder.objects, { browseName: "Machines" });
+
+  function variable(parent, name, dataType, value, status) {
+    const v = ns.addVariable({ componentOf: parent, browseName: name, dataType });
+    v.setValueFromSource(new Variant(value), status || StatusCodes.Good);
+    return v;
+  }
+
+  // The simulator's shape.
+  const cnc = ns.addFolder(machines, { browseName: "cnc-01" });
+  ns.addMultiStateDiscrete({
+    componentOf: cnc, browseName: "State",
+    enumStrings: ["Stopped", "Running", "Idle", "Setup", "Alarm"], value: 1,
+  });
+  const speed = variable(cnc, "SpindleSpeed", "Double", { dataType: DataType.Double, value: 12000 });
+  variable(cnc, "SpindleLoad", "Double", { dataType: DataType.Double, value: 41.5 });
+  variable(cnc, "FeedOverride", "Double", { dataType: DataType.Double, value: 100 });
+  variable(cnc, "PartCountGood", "UInt32", { dataType: DataType.UInt32, value: 1834 });
+  variable(cnc, "PartCountReject", "UInt32", { dataType: DataType.UInt32, value: 3 });
+  variable(cnc, "PowerActive", "Double", { dataType: DataType.Double, value: 5400 });
+  variable(cnc, "EnergyTotal", "Double", { dataType: DataType.Double, value: 123456.5 });
+  variable(cnc, "ProgramName", "String", { dataType: DataType.String, value: "O1234" });
+  variable(cnc, "LastCycleTime", "Double", { dataType: DataType.Double, value: 42.5 });
+  const robot = ns.addFolder(machines, { browseName: "robot-01" });
+  variable(robot, "TcpSpeed", "Double", { dataType: DataType.Double, value: 250 });
+  variable(robot, "JointTorques", "Double", {
+    dataType: DataType.Double, arrayType: VariantArrayType.Array,
+    value: new Float64Array([1.5, 2.5, 3.5, 4.5, 5.5, 6.5]),
+  }).valueRank = 1;
+  variable(robot, "CycleCount", "UInt64", { dataType: DataType.UInt64, arrayType: VariantArrayType.Scalar, value: [0, 42] });
+
+  // One variable per built-in type, and a Bad one.
+  const types = ns.addFolder(machines, { browseName: "types-01" });
+  variable(types, "Boolean", "Boolean", { dataType: DataType.Boolean, value: true });
+  variable(types, "SByte", "SByte", { dataType: DataType.SByte, value: -8 });
+  variable(types, "Byte", "Byte", { dataType: DataType.Byte, value: 200 });
+  variable(types, "Int16", "Int16", { dataType: DataType.Int16, value: -1600 });
+  variable(types, "UInt16", "UInt16", { dataType: DataType.UInt16, value: 61000 });
+  variable(types, "Int32", "Int32", { dataType: DataType.Int32, value: -320000 });
+  variable(types, "UInt32", "UInt32", { dataType: DataType.UInt32, value: 4000000000 });
+  variable(types, "Int64", "Int64", { dataType: DataType.Int64, arrayType: VariantArrayType.Scalar, value: [1, 2] }); // 2^32 + 2
+  variable(types, "UInt64", "UInt64", { dataType: DataType.UInt64, arrayType: VariantArrayType.Scalar, value: [0, 7] });
+  variable(types, "Float", "Float", { dataType: DataType.Float, value: 1.5 });
+  variable(types, "Double", "Double", { dataType: DataType.Double, value: 2.25 });
+  variable(types, "String", "String", { dataType: DataType.String, value: "hello" });
+  variable(types, "DateTime", "DateTime", { dataType: DataType.DateTime, value: new Date(Date.UTC(2024, 2, 5, 14, 30, 0)) });
+  variable(types, "Guid", "Guid", { dataType: DataType.Guid, value: "72962B91-FA75-4AE6-8D28-B404DC7DAF63" });
+  variable(types, "ByteString", "ByteString", { dataType: DataType.ByteString, value: Buffer.from([0xca, 0xfe]) });
+  variable(types, "NodeId", "NodeId", { dataType: DataType.NodeId, value: coerceNodeId("ns=1;s=x") });
+  variable(types, "StatusCode", "StatusCode", { dataType: DataType.StatusCode, value: StatusCodes.BadTimeout });
+  variable(types, "QualifiedName", "QualifiedName", { dataType: DataType.QualifiedName, value: { name: "qn", namespaceIndex: 1 } });
+  variable(types, "LocalizedText", "LocalizedText", { dataType: DataType.LocalizedText, value: { text: "Hallo", locale: "nl" } });
+  ns.addMultiStateValueDiscrete({
+    componentOf: types, browseName: "Mode",
+    enumValues: { Auto: 1, Manual: 2, Service: 7 }, value: 7,
+  });
+  variable(types, "Broken", "Double", { dataType: DataType.Double, value: 0 }, StatusCodes.BadDeviceFailure);
+  variable(types, "Doubtful", "Double", { dataType: DataType.Double, value: 3.5 }, StatusCodes.UncertainLastUsableValue);
+
+  let rpm = 12000;
+  const timer = setInterval(() => {
+    rpm = rpm >= 12100 ? 12000 : rpm + 1;
+    speed.setValueFromSource(new Variant({ dataType: DataType.Double, value: rpm }));
+  }, 100);
+
+  await server.start();
+  process.stdout.write("READY " + port + "\n");
+  const stop = async () => {
+    clearInterval(timer);
+    await server.shutdown(0);
+    process.exit(0);
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+main().catch((err) => {
+  process.stderr.write("server failed: " + (err && err.stack || err) + "\n");
+  process.exit(1);
+});
