@@ -6,7 +6,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X main.version=$(VERSION)
 FUZZTIME ?= 2m
 
-.PHONY: all build test demo loadtest bench fuzz lint clean
+.PHONY: all build test demo loadtest dashboards bench fuzz lint clean
 
 all: build
 
@@ -30,6 +30,10 @@ demo:
 loadtest: build
 	bash deploy/scripts/testenv.sh ./bin/shopfloor loadtest $(LOADTEST_FLAGS)
 
+# Regenerate the Grafana dashboards' JSON from their Go code.
+dashboards:
+	$(GO) generate ./dashboards/...
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
@@ -39,6 +43,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./collector/queue
 	$(GO) test -run '^$$' -fuzz '^FuzzRecordDecode$$' -fuzztime $(FUZZTIME) ./collector
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./adapters/sparkplug
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./adapters/opcua
+	$(GO) test -run '^$$' -fuzz '^FuzzParseContribution$$' -fuzztime $(FUZZTIME) ./collector/hub
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }

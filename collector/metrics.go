@@ -93,6 +93,7 @@ func (m *Metrics) registerQueue(sink string, q *queue.Queue) {
 		m.dropped.WithLabelValues(sink, label)
 	}
 	m.deadLetters.WithLabelValues(sink)
+	m.corruptRecords.WithLabelValues(sink)
 	m.pointsWritten.WithLabelValues(sink)
 	m.sinkErrors.WithLabelValues(sink, "retryable")
 	m.sinkErrors.WithLabelValues(sink, "rejected")

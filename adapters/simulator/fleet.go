@@ -144,3 +144,19 @@ func (f *Fleet) Run(ctx context.Context, pubs ...Publisher) error {
 		}
 	}
 }
+
+// Only passes to p the machines keep selects, so different transports can
+// serve different machines.
+func Only(p Publisher, keep func(Placed) bool) Publisher { return only{p, keep} }
+
+type only struct {
+	p    Publisher
+	keep func(Placed) bool
+}
+
+func (o only) Publish(ctx context.Context, m Placed, v Values) error {
+	if !o.keep(m) {
+		return nil
+	}
+	return o.p.Publish(ctx, m, v)
+}

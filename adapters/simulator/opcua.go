@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
@@ -35,6 +36,8 @@ type OPCUAConfig struct {
 	// Dir keeps the server's certificate and key, so a client that trusted
 	// it once trusts it after a restart. Empty: a new one per start.
 	Dir string
+	// Logger receives the server's log; nil discards it.
+	Logger *slog.Logger
 }
 
 // OPCUAServer serves machines over OPC UA in an address space shaped like
@@ -111,7 +114,12 @@ func NewOPCUAServer(ctx context.Context, cfg OPCUAConfig, machines []Placed) (*O
 	if err != nil {
 		return nil, err
 	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	srv := server.New(
+		server.SetLogger(logger),
 		server.EndPoint(host, port),
 		server.Certificate(cert),
 		server.PrivateKey(key),

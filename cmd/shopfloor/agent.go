@@ -19,6 +19,7 @@ import (
 
 	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
+	"github.com/noordoostpolder/shopfloor/adapters/opcua"
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/kpi"
@@ -36,6 +37,7 @@ type Agent struct {
 	kpi      *kpi.Engine   // nil when KPIs are off
 	share    *share.Sharer // nil when cluster sharing is off
 	live     *live.View
+	sources  map[string]collector.Source
 	started  time.Time
 }
 
@@ -54,12 +56,14 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	)
 
 	sources := make([]collector.SourceSpec, 0, len(cfg.Sources))
+	byName := map[string]collector.Source{}
 	for _, sc := range cfg.Sources {
-		src, err := newSource(sc, logger.With("source", sc.Name))
+		src, err := newSource(sc, cfg.Agent.DataDir, logger.With("source", sc.Name))
 		if err != nil {
 			return nil, fmt.Errorf("source %s: %w", sc.Name, err)
 		}
 		sources = append(sources, collector.SourceSpec{Name: sc.Name, Source: src, Normalize: sc.normalize()})
+		byName[sc.Name] = src
 	}
 	sink, err := influxdb.New(*cfg.Sink.InfluxDB, influxdb.WithLogger(logger.With("sink", "influxdb")))
 	if err != nil {
@@ -71,7 +75,7 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, started: time.Now(), live: live.New()}
+	a := &Agent{cfg: cfg, log: logger, pipeline: p, registry: reg, started: time.Now(), live: live.New(), sources: byName}
 	p.Observe(a.live.Observe)
 	if cfg.KPI.Enabled {
 		emit := p.Append
@@ -104,11 +108,27 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 }
 
 // newSource builds the source of whichever protocol section is set.
-func newSource(sc SourceConfig, logger *slog.Logger) (collector.Source, error) {
-	if sc.Sparkplug != nil {
+func newSource(sc SourceConfig, dataDir string, logger *slog.Logger) (collector.Source, error) {
+	switch {
+	case sc.Sparkplug != nil:
 		return sparkplug.New(*sc.Sparkplug, logger)
+	case sc.OPCUA != nil:
+		return opcua.New(*sc.OPCUA, dataDir, logger)
 	}
 	return mqtt.New(*sc.MQTT, logger)
+}
+
+// badNodeReporter is a source that can name the nodes it cannot read (the
+// OPC UA source).
+type badNodeReporter interface {
+	BadNodes() []opcua.BadNode
+}
+
+func (a *Agent) badNodes(source string) []opcua.BadNode {
+	if r, ok := a.sources[source].(badNodeReporter); ok {
+		return r.BadNodes()
+	}
+	return nil
 }
 
 // Addr is the HTTP listener's address, useful when the config asked for
@@ -200,6 +220,9 @@ type Readiness struct {
 	NotReady []string `json:"not_ready,omitempty"`
 	// QueuedSamples wait in the store-and-forward queue; the oldest of
 	// them was queued OldestQueuedSeconds ago.
+	// Warnings are problems that do not stop data: an OPC UA node that is
+	// missing or refused while the source's other nodes flow.
+	Warnings            []string                    `json:"warnings,omitempty"`
 	QueuedSamples       int64                       `json:"queued_samples"`
 	OldestQueuedSeconds float64                     `json:"oldest_queued_seconds"`
 	Components          []collector.ComponentStatus `json:"components"`
@@ -224,6 +247,11 @@ func (a *Agent) readiness() Readiness {
 			msg += ": " + c.LastError
 		}
 		r.NotReady = append(r.NotReady, msg)
+	}
+	for _, sc := range a.cfg.Sources {
+		for _, b := range a.badNodes(sc.Name) {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("source %s: node %s: %s since %s: %s", sc.Name, b.Node, b.Reason, b.Since.Format(time.RFC3339), b.Error))
+		}
 	}
 	return r
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
+	"github.com/noordoostpolder/shopfloor/adapters/opcua"
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/config"
@@ -79,6 +80,18 @@ type SourceConfig struct {
 	// Exactly one protocol section.
 	MQTT      *mqtt.Config      `yaml:"mqtt"`
 	Sparkplug *sparkplug.Config `yaml:"sparkplug"`
+	OPCUA     *opcua.Config     `yaml:"opcua"`
+}
+
+// protocols counts the protocol sections set.
+func (s SourceConfig) protocols() int {
+	n := 0
+	for _, set := range []bool{s.MQTT != nil, s.Sparkplug != nil, s.OPCUA != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
 }
 
 // SinkConfig is where samples go. Only InfluxDB exists today; it is a
@@ -128,6 +141,9 @@ func (c *Config) SetDefaults() {
 		}
 		if sp := c.Sources[i].Sparkplug; sp != nil {
 			sp.SetDefaults()
+		}
+		if o := c.Sources[i].OPCUA; o != nil {
+			o.SetDefaults()
 		}
 	}
 }
@@ -193,14 +209,16 @@ func (s SourceConfig) Validate() error {
 		errs = append(errs, config.Invalid("name", "%q may only hold letters, digits, '_', '.' and '-', so that it reads well in metrics and logs", s.Name))
 	}
 	switch {
-	case s.MQTT == nil && s.Sparkplug == nil:
-		errs = append(errs, config.Invalid("mqtt", "is missing: a source needs one protocol section, mqtt or sparkplug"))
-	case s.MQTT != nil && s.Sparkplug != nil:
-		errs = append(errs, config.Invalid("sparkplug", "a source has one protocol section; split mqtt and sparkplug into two sources"))
+	case s.protocols() == 0:
+		errs = append(errs, config.Invalid("mqtt", "is missing: a source needs one protocol section, mqtt, sparkplug or opcua"))
+	case s.protocols() > 1:
+		errs = append(errs, config.Invalid("name", "a source has one protocol section (mqtt, sparkplug or opcua); split it into one source each"))
 	case s.MQTT != nil:
 		errs = append(errs, config.Nest("mqtt", s.MQTT.Validate()))
-	default:
+	case s.Sparkplug != nil:
 		errs = append(errs, config.Nest("sparkplug", s.Sparkplug.Validate()))
+	default:
+		errs = append(errs, config.Nest("opcua", s.OPCUA.Validate()))
 	}
 	errs = append(errs, s.normalize().Validate())
 	return errors.Join(errs...)

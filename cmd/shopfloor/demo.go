@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -42,6 +43,7 @@ type demoOptions struct {
 	bucket     string
 	httpAddr   string
 	mqttAddr   string
+	opcuaAddr  string
 	sim        simulator.Config
 	duration   time.Duration // 0: until interrupted
 	logLevel   string
@@ -60,6 +62,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.bucket, "influx-bucket", "shopfloor", "its bucket (2.x) or database (1.8)")
 	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:9180", "the agent's HTTP `address`")
 	fs.StringVar(&o.mqttAddr, "mqtt", "127.0.0.1:1883", "the embedded MQTT broker's `address`")
+	fs.StringVar(&o.opcuaAddr, "opcua", "127.0.0.1:4840", "the simulator's OPC UA `address`")
 	fs.IntVar(&o.sim.CNCs, "cncs", 4, "simulated CNC machines")
 	fs.IntVar(&o.sim.Robots, "robots", 2, "simulated robots")
 	fs.Float64Var(&o.sim.TimeFactor, "time-factor", 60, "how much faster than real time the machines run")
@@ -71,6 +74,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	o.sim.Seed = *seed
+	o.sim.Lines = 2 // line-1 over MQTT, line-2 over OPC UA
 	if (o.influxd == "") == (o.influxURL == "") {
 		fmt.Fprintln(stderr, "shopfloor demo: give either --influxd BINARY (make demo does) or --influx-url URL")
 		return exitUsage
@@ -108,6 +112,9 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	level, _ := parseLevel(o.logLevel)
 	logger := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: level}))
 	routePahoLogs(logger)
+	// gopcua's server also writes to the standard logger; keep the
+	// terminal for the demo's own lines.
+	log.SetOutput(logFile)
 
 	// InfluxDB.
 	influxURL := o.influxURL
@@ -133,6 +140,32 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	}
 	defer broker.Close()
 
+	// Simulator: line-1 publishes over MQTT, line-2 is served over OPC UA.
+	fleet, err := simulator.NewFleet(o.sim, logger.With("component", "simulator"))
+	if err != nil {
+		return err
+	}
+	onLine := func(line string) func(simulator.Placed) bool {
+		return func(m simulator.Placed) bool { return m.Line == line }
+	}
+	var line2 []simulator.Placed
+	for _, m := range fleet.Machines {
+		if m.Line == "line-2" {
+			line2 = append(line2, m)
+		}
+	}
+	opcuaPort, err := freePort(o.opcuaAddr)
+	if err != nil {
+		return err
+	}
+	opcuaHost, _, _ := net.SplitHostPort(o.opcuaAddr)
+	opcuaSrv, err := simulator.NewOPCUAServer(ctx, simulator.OPCUAConfig{Host: opcuaHost, Port: opcuaPort,
+		Dir: filepath.Join(dir, "simulator-pki"), Logger: logger.With("component", "opcua-server")}, line2)
+	if err != nil {
+		return err
+	}
+	defer opcuaSrv.Close()
+
 	// Agent.
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(cfgPath, demoConfig, 0o640); err != nil {
@@ -140,7 +173,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	}
 	env := map[string]string{
 		"SHOPFLOOR_DATA_DIR": filepath.Join(dir, "agent"), "SHOPFLOOR_HTTP": o.httpAddr, "SHOPFLOOR_LOG_LEVEL": o.logLevel,
-		"MQTT_URL": "tcp://" + mqttAddr, "INFLUX_URL": influxURL, "INFLUX_TOKEN": o.token, "INFLUX_ORG": o.org, "INFLUX_BUCKET": o.bucket,
+		"MQTT_URL": "tcp://" + mqttAddr, "OPCUA_ENDPOINT": opcuaSrv.Endpoint(), "INFLUX_URL": influxURL, "INFLUX_TOKEN": o.token, "INFLUX_ORG": o.org, "INFLUX_BUCKET": o.bucket,
 	}
 	var cfg Config
 	if err := config.Parse(cfgPath, demoConfig, &cfg, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
@@ -151,11 +184,6 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 		return err
 	}
 
-	// Simulator.
-	fleet, err := simulator.NewFleet(o.sim, logger.With("component", "simulator"))
-	if err != nil {
-		return err
-	}
 	pub, err := simulator.NewMQTTPublisher("tcp://"+mqttAddr, "shopfloor-simulator", 1)
 	if err != nil {
 		return err
@@ -168,18 +196,20 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	defer cancel()
 	wg.Add(2)
 	go func() { defer wg.Done(); errs <- agent.Run(runCtx) }()
-	go func() { defer wg.Done(); errs <- fleet.Run(runCtx, pub) }()
+	go func() { defer wg.Done(); errs <- fleet.Run(runCtx, simulator.Only(pub, onLine("line-1")), opcuaSrv) }()
 
 	fmt.Fprintf(out, `shopfloor demo is running (started in %s)
   machines       %d CNC, %d robots, simulated %gx faster than real time
-  MQTT broker    tcp://%s   (topics factory/<line>/<machine>/telemetry)
-  agent          http://%s/readyz  ·  /metrics
+  MQTT broker    tcp://%s   (line-1: factory/<line>/<machine>/telemetry)
+  OPC UA server  %s   (line-2: Objects/Machines/<machine>)
+  status page    http://%s/   (also /api/status, /metrics, /readyz)
   InfluxDB       %s   database/bucket %q, measurements "machine" and "kpi"
   config         %s
   data and logs  %s
-  Grafana        with Docker: deploy/docker-compose.yml (dashboards arrive with the dashboards issue)
+  Grafana        where Docker is available: docker compose -f deploy/docker-compose.yml up
+                 (InfluxDB 2, Grafana with the dashboards, Mosquitto, simulator, agent)
 Ctrl-C stops everything; the next start reuses %s.
-`, time.Since(start).Round(10*time.Millisecond), o.sim.CNCs, o.sim.Robots, fleet.TimeFactor(), mqttAddr, agent.Addr(), influxURL, o.bucket, cfgPath, dir, dir)
+`, time.Since(start).Round(10*time.Millisecond), o.sim.CNCs, o.sim.Robots, fleet.TimeFactor(), mqttAddr, opcuaSrv.Endpoint(), agent.Addr(), influxURL, o.bucket, cfgPath, dir, dir)
 
 	tick := time.NewTicker(max(o.printEvery, time.Second))
 	defer tick.Stop()

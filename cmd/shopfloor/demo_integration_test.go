@@ -16,8 +16,8 @@ import (
 )
 
 // TestDemo runs `shopfloor demo` as make demo does, for a short while, and
-// finds CNC and robot data and KPI rows in its InfluxDB; Ctrl-C (SIGINT)
-// stops it cleanly.
+// finds CNC and robot data from both MQTT and OPC UA and KPI rows in its
+// InfluxDB; Ctrl-C (SIGINT) stops it cleanly.
 func TestDemo(t *testing.T) {
 	influxd := os.Getenv(collectortest.EnvInfluxd)
 	if influxd == "" {
@@ -25,7 +25,7 @@ func TestDemo(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cmd := exec.Command(agentBin, "demo", "--influxd", influxd, "--dir", dir,
-		"--mqtt", "127.0.0.1:0", "--http", fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t)),
+		"--mqtt", "127.0.0.1:0", "--opcua", "127.0.0.1:0", "--http", fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t)),
 		"--time-factor", "120", "--progress", "2s")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -72,9 +72,13 @@ func TestDemo(t *testing.T) {
 		}
 	}()
 
+	// Line 1 comes over MQTT, line 2 over OPC UA: a CNC and a robot each.
 	for _, q := range []string{
-		`SELECT count(spindle_speed_rpm) FROM machine WHERE machine_type = 'cnc'`,
-		`SELECT count(joint_torque_nm_1) FROM machine WHERE machine_type = 'robot'`,
+		`SELECT count(spindle_speed_rpm) FROM machine WHERE machine = 'cnc-01' AND machine_type = 'cnc'`,
+		`SELECT count(joint_torque_nm_1) FROM machine WHERE machine = 'robot-01' AND machine_type = 'robot'`,
+		`SELECT count(spindle_speed_rpm) FROM machine WHERE machine = 'cnc-02' AND machine_type = 'cnc' AND line = 'line-2'`,
+		`SELECT count(joint_torque_nm_6) FROM machine WHERE machine = 'robot-02' AND machine_type = 'robot'`,
+		`SELECT count(part_count_good) FROM machine WHERE machine = 'cnc-04'`,
 		`SELECT count(oee) FROM kpi WHERE "window" = '1m'`,
 	} {
 		collectortest.Eventually(t, 60*time.Second, func() error {

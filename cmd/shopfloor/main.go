@@ -48,7 +48,8 @@ const usage = `shopfloor — machine data collector for the shop floor
 Usage:
   shopfloor agent --config FILE   run the agent until SIGTERM or Ctrl-C
   shopfloor check --config FILE   check a config file and print every problem
-  shopfloor simulate [flags]      simulated CNCs and robots publishing over MQTT
+  shopfloor browse --endpoint URL walk an OPC UA server and write a config snippet
+  shopfloor simulate [flags]      simulated CNCs and robots over MQTT and OPC UA
   shopfloor demo [flags]          simulated machines, an MQTT broker, the agent and
                                   InfluxDB on this machine (see make demo)
   shopfloor loadtest [flags]      measure the agent end to end against the set-up's ceilings
@@ -75,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDemo(rest, stdout, stderr)
 	case "simulate":
 		return runSimulate(rest, stdout, stderr)
+	case "browse":
+		return runBrowse(rest, stdout, stderr)
 	case "loadtest":
 		return runLoadtest(rest, stdout, stderr)
 	case "hub":

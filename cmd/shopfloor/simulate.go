@@ -5,9 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/noordoostpolder/shopfloor/adapters/simulator"
@@ -20,6 +23,8 @@ func runSimulate(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	mqttURL := fs.String("mqtt", "tcp://127.0.0.1:1883", "publish JSON telemetry to this MQTT broker `url` (empty: no MQTT)")
 	clientID := fs.String("client-id", "shopfloor-simulator", "the MQTT client id")
+	opcuaAddr := fs.String("opcua", "", "also serve the machines over OPC UA on this host:`port` (e.g. 127.0.0.1:4840)")
+	opcuaDir := fs.String("opcua-dir", "simulator-pki", "`folder` for the OPC UA server's certificate, kept across restarts")
 	fs.IntVar(&cfg.CNCs, "cncs", 4, "simulated CNC machines")
 	fs.IntVar(&cfg.Robots, "robots", 2, "simulated robots")
 	fs.IntVar(&cfg.Lines, "lines", 2, "production lines the machines are spread over")
@@ -59,8 +64,25 @@ func runSimulate(args []string, stdout, stderr io.Writer) int {
 		pubs = append(pubs, pub)
 		fmt.Fprintf(stdout, "simulating %d machines, publishing to %s on factory/<line>/<machine>/telemetry\n", len(fleet.Machines), *mqttURL)
 	}
+	if *opcuaAddr != "" {
+		host, portStr, err := net.SplitHostPort(*opcuaAddr)
+		port, perr := strconv.Atoi(portStr)
+		if err != nil || perr != nil {
+			fmt.Fprintf(stderr, "shopfloor simulate: --opcua %q is not host:port\n", *opcuaAddr)
+			return exitUsage
+		}
+		log.SetOutput(io.Discard) // gopcua's server talks to the standard logger
+		srv, err := simulator.NewOPCUAServer(ctx, simulator.OPCUAConfig{Host: host, Port: port, Dir: *opcuaDir, Logger: logger.With("component", "opcua-server")}, fleet.Machines)
+		if err != nil {
+			fmt.Fprintf(stderr, "shopfloor simulate: %v\n", err)
+			return exitFailed
+		}
+		defer srv.Close()
+		pubs = append(pubs, srv)
+		fmt.Fprintf(stdout, "serving %d machines over OPC UA at %s under Objects/Machines/<machine>\n", len(fleet.Machines), srv.Endpoint())
+	}
 	if len(pubs) == 0 {
-		fmt.Fprintln(stderr, "shopfloor simulate: nothing to serve; give --mqtt")
+		fmt.Fprintln(stderr, "shopfloor simulate: nothing to serve; give --mqtt or --opcua")
 		return exitUsage
 	}
 	if err := fleet.Run(ctx, pubs...); err != nil {

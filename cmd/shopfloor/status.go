@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/noordoostpolder/shopfloor/adapters/opcua"
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/kpi"
 )
@@ -48,6 +49,8 @@ type SourceStatus struct {
 	Messages    int64                   `json:"messages"`
 	BadInputs   map[string]int64        `json:"bad_inputs"`
 	Origins     []collector.OriginCount `json:"origins"`
+	// BadNodes are OPC UA nodes that yield nothing, and why.
+	BadNodes []opcua.BadNode `json:"bad_nodes,omitempty"`
 }
 
 // SinkStatus is the sink and the store-and-forward queue in front of it.
@@ -128,6 +131,7 @@ func (a *Agent) status() Status {
 			ss.Origins = ss.Origins[:100]
 		}
 		ss.Kind, ss.Endpoint, ss.Security = describeSource(sc)
+		ss.BadNodes = a.badNodes(sc.Name)
 		if i < len(comps) {
 			c := comps[i]
 			ss.Up, ss.Since, ss.LastError, ss.LastErrorAt = c.Up, c.Since, c.LastError, c.LastErrorAt
@@ -249,6 +253,18 @@ func describeSource(sc SourceConfig) (kind, endpoint, security string) {
 		kind, endpoint = "sparkplug", sc.Sparkplug.URL
 	case sc.MQTT != nil:
 		kind, endpoint = "mqtt", sc.MQTT.URL
+	case sc.OPCUA != nil:
+		kind, endpoint = "opcua", sc.OPCUA.Endpoint
+		security = sc.OPCUA.SecurityPolicy
+		if sc.OPCUA.SecurityMode != "" && sc.OPCUA.SecurityPolicy != "None" {
+			security += " " + sc.OPCUA.SecurityMode
+		}
+		if sc.OPCUA.Auth.Method == "username" {
+			security += ", user " + sc.OPCUA.Auth.Username
+		} else if sc.OPCUA.Auth.Method == "certificate" {
+			security += ", certificate login"
+		}
+		return kind, redactURL(endpoint), security
 	}
 	if u, err := url.Parse(endpoint); err == nil {
 		switch strings.ToLower(u.Scheme) {

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-FUZZTIME=${FUZZTIME:-10s}
+FUZZTIME=${FUZZTIME:-8s}
 step() { printf '\n== %s\n' "$*"; }
 
 step "gofmt"
@@ -22,7 +22,7 @@ go test -race -tags integration -count=1 -timeout 15m ./...
 
 # Each fuzz target runs briefly from its seed corpus (testdata/fuzz and the
 # f.Add seeds); `make fuzz` runs them longer.
-for target in FuzzDecodeJSON:./adapters/mqtt FuzzParse:./collector/config FuzzOpen:./collector/queue FuzzRecordDecode:./collector FuzzDecodePayload:./adapters/sparkplug; do
+for target in FuzzDecodeJSON:./adapters/mqtt FuzzParse:./collector/config FuzzOpen:./collector/queue FuzzRecordDecode:./collector FuzzDecodePayload:./adapters/sparkplug FuzzParsePath:./adapters/opcua FuzzParseContribution:./collector/hub; do
   step "fuzz ${target%%:*} for $FUZZTIME"
   go test -run '^$' -fuzz "^${target%%:*}\$" -fuzztime "$FUZZTIME" "${target#*:}"
 done
