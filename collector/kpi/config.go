@@ -77,6 +77,11 @@ type Config struct {
 	// IdealCycleTime per part for every machine, unless a machine says
 	// otherwise.
 	IdealCycleTime time.Duration `yaml:"ideal_cycle_time"`
+	// IdealCycleTimeSignal names a signal, in seconds, by which a machine
+	// announces the ideal cycle time of what it is making now (a CNC
+	// that reads it from its part program). When a machine has sent it,
+	// it wins over the configured times.
+	IdealCycleTimeSignal string `yaml:"ideal_cycle_time_signal"`
 	// Machines refine the defaults per machine name.
 	Machines map[string]MachineConfig `yaml:"machines"`
 }
@@ -134,7 +139,7 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	if c.IdealCycleTime == 0 && len(c.Machines) == 0 {
+	if c.IdealCycleTime == 0 && len(c.Machines) == 0 && c.IdealCycleTimeSignal == "" {
 		errs = append(errs, config.Invalid("ideal_cycle_time", "is needed for performance and OEE; set it (e.g. 60s) or per machine under machines"))
 	}
 	return errors.Join(errs...)

@@ -156,16 +156,18 @@ type machine struct {
 	Category    Category        `json:"category,omitempty"`
 	HasState    bool            `json:"has_state,omitempty"`
 	Program     string          `json:"program,omitempty"`
-	LastGood    *int64          `json:"last_good,omitempty"`
-	LastReject  *int64          `json:"last_reject,omitempty"`
-	LastEnergy  *float64        `json:"last_energy,omitempty"`
-	AccountedTo time.Time       `json:"accounted_to,omitzero"`
-	LastEvent   time.Time       `json:"last_event,omitzero"`
-	MaxEvent    time.Time       `json:"max_event,omitzero"`
-	Pending     []event         `json:"pending,omitempty"`
-	Minutes     []*minute       `json:"minutes,omitempty"` // open, in time order
-	Windows     []*window       `json:"windows,omitempty"` // current hour, shift, day
-	arrived     time.Time       // wall clock of the last sample
+	// IdealFromSignal is the ideal cycle time the machine announced last.
+	IdealFromSignal time.Duration `json:"ideal_from_signal,omitempty"`
+	LastGood        *int64        `json:"last_good,omitempty"`
+	LastReject      *int64        `json:"last_reject,omitempty"`
+	LastEnergy      *float64      `json:"last_energy,omitempty"`
+	AccountedTo     time.Time     `json:"accounted_to,omitzero"`
+	LastEvent       time.Time     `json:"last_event,omitzero"`
+	MaxEvent        time.Time     `json:"max_event,omitzero"`
+	Pending         []event       `json:"pending,omitempty"`
+	Minutes         []*minute     `json:"minutes,omitempty"` // open, in time order
+	Windows         []*window     `json:"windows,omitempty"` // current hour, shift, day
+	arrived         time.Time     // wall clock of the last sample
 }
 
 // Engine computes KPIs from samples. Observe may be called from many
@@ -191,6 +193,10 @@ type Engine struct {
 var relevant = map[string]bool{
 	collector.SignalState: true, collector.SignalPartCountGood: true, collector.SignalPartCountReject: true,
 	collector.SignalProgram: true, collector.SignalEnergy: true,
+}
+
+func (e *Engine) relevant(signal string) bool {
+	return relevant[signal] || signal != "" && signal == e.cfg.IdealCycleTimeSignal
 }
 
 // New builds an engine. emit receives the KPI samples (measurement kpi);
@@ -229,7 +235,7 @@ func assetKey(a collector.Asset) string {
 func (e *Engine) Observe(samples []collector.Sample) {
 	any := false
 	for i := range samples {
-		any = any || relevant[samples[i].Signal]
+		any = any || e.relevant(samples[i].Signal)
 	}
 	if !any {
 		return // most messages carry no state or counter: skip the lock
@@ -240,7 +246,7 @@ func (e *Engine) Observe(samples []collector.Sample) {
 	touched := map[*machine]bool{}
 	for i := range samples {
 		s := &samples[i]
-		if !relevant[s.Signal] || s.Window != "" || s.Asset.Machine == "" {
+		if !e.relevant(s.Signal) || s.Window != "" || s.Asset.Machine == "" {
 			continue
 		}
 		k := assetKey(s.Asset)
@@ -431,6 +437,9 @@ func (e *Engine) categoryOf(m *machine, state string) Category {
 }
 
 func (e *Engine) idealCycle(m *machine) time.Duration {
+	if m.IdealFromSignal > 0 {
+		return m.IdealFromSignal
+	}
 	if mc, ok := e.cfg.Machines[m.Asset.Machine]; ok {
 		if d, ok := mc.Programs[m.Program]; ok && m.Program != "" {
 			return d
@@ -471,6 +480,10 @@ func (e *Engine) apply(m *machine, ev event) {
 		m.Category, m.HasState = cat, true
 	case collector.SignalProgram:
 		m.Program = ev.Str
+	case e.cfg.IdealCycleTimeSignal:
+		if !ev.Bad && ev.Num > 0 && !math.IsInf(ev.Num, 0) {
+			m.IdealFromSignal = time.Duration(ev.Num * float64(time.Second))
+		}
 	case collector.SignalPartCountGood, collector.SignalPartCountReject:
 		if ev.Bad || math.IsNaN(ev.Num) {
 			return

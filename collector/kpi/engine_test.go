@@ -382,3 +382,18 @@ func TestProperties(t *testing.T) {
 		}
 	}
 }
+
+// TestIdealCycleTimeFromASignal: a machine that announces its ideal cycle
+// time is judged by it, not by the configured one.
+func TestIdealCycleTimeFromASignal(t *testing.T) {
+	h := newHarness(t, Config{Shifts: dayShift, IdealCycleTime: time.Minute, IdealCycleTimeSignal: "ideal_cycle_time_s"}, "")
+	h.state(at("2026-11-30 08:00:00"), "running")
+	h.feed(at("2026-11-30 08:00:00"), "ideal_cycle_time_s", collector.Float(45))
+	h.good(at("2026-11-30 08:00:00"), 0)
+	for k := 1; k <= 60; k++ { // 60 parts in the hour
+		h.good(at("2026-11-30 08:00:00").Add(time.Duration(k)*time.Minute-30*time.Second), int64(k))
+	}
+	h.state(at("2026-11-30 09:01:00"), "running")
+	hour := h.rows.get(t, h.a, WindowHour, at("2026-11-30 08:00:00"))
+	want(t, hour, "performance", 60*45.0/3600)
+}
