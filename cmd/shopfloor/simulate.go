@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/noordoostpolder/shopfloor/adapters/simulator"
@@ -23,6 +24,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	mqttURL := fs.String("mqtt", "tcp://127.0.0.1:1883", "publish JSON telemetry to this MQTT broker `url` (empty: no MQTT)")
 	clientID := fs.String("client-id", "shopfloor-simulator", "the MQTT client id")
+	spNode := fs.String("sparkplug", "", "also publish the machines as devices of a Sparkplug B edge node `group/node` on the --mqtt broker (e.g. demo/sim-edge)")
 	opcuaAddr := fs.String("opcua", "", "also serve the machines over OPC UA on this host:`port` (e.g. 127.0.0.1:4840)")
 	opcuaDir := fs.String("opcua-dir", "simulator-pki", "`folder` for the OPC UA server's certificate, kept across restarts")
 	fs.IntVar(&cfg.CNCs, "cncs", 4, "simulated CNC machines")
@@ -63,6 +65,21 @@ func runSimulate(args []string, stdout, stderr io.Writer) int {
 		defer pub.Close()
 		pubs = append(pubs, pub)
 		fmt.Fprintf(stdout, "simulating %d machines, publishing to %s on factory/<line>/<machine>/telemetry\n", len(fleet.Machines), *mqttURL)
+	}
+	if *spNode != "" {
+		group, node, ok := strings.Cut(*spNode, "/")
+		if !ok || group == "" || node == "" || *mqttURL == "" {
+			fmt.Fprintln(stderr, "shopfloor simulate: --sparkplug wants group/node and an --mqtt broker")
+			return exitUsage
+		}
+		edge, err := simulator.NewSparkplugEdgeNode(*mqttURL, group, node, fleet.Machines)
+		if err != nil {
+			fmt.Fprintf(stderr, "shopfloor simulate: %v\n", err)
+			return exitFailed
+		}
+		defer edge.Close()
+		pubs = append(pubs, edge)
+		fmt.Fprintf(stdout, "publishing %d machines as Sparkplug B devices of spBv1.0/%s/+/%s\n", len(fleet.Machines), group, node)
 	}
 	if *opcuaAddr != "" {
 		host, portStr, err := net.SplitHostPort(*opcuaAddr)
