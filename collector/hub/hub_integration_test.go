@@ -5,6 +5,7 @@ package hub
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -37,7 +38,7 @@ func newPseudonym(t *testing.T) string {
 // and deploy/cluster/acl, only the file locations and the port replaced by
 // the test's, and users (name -> password). It returns the service and
 // the ssl:// URL of its TLS listener.
-func clusterBroker(t *testing.T, p *pki, users map[string]string) (*collectortest.Service, string) {
+func clusterBroker(t *testing.T, p *collectortest.PKI, users map[string]string) (*collectortest.Service, string) {
 	t.Helper()
 	shipped, err := os.ReadFile("../../deploy/cluster/mosquitto.conf")
 	if err != nil {
@@ -49,13 +50,13 @@ func clusterBroker(t *testing.T, p *pki, users map[string]string) (*collectortes
 	}
 	var pw strings.Builder
 	for u, p := range users {
-		pw.WriteString(mosquittoPassword(t, u, p))
+		pw.WriteString(collectortest.MosquittoPassword(t, u, p))
 	}
-	pwFile := filepath.Join(p.dir, "passwd")
+	pwFile := filepath.Join(p.Dir, "passwd")
 	if err := os.WriteFile(pwFile, []byte(pw.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cert, key := p.serverCert(t)
+	cert, key := p.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
 	port := collectortest.FreePort(t)
 	var lines []string
 	for _, l := range strings.Split(string(shipped), "\n") {
@@ -85,7 +86,7 @@ func clusterBroker(t *testing.T, p *pki, users map[string]string) (*collectortes
 	return collectortest.Mosquitto(t, lines...), "ssl://127.0.0.1:" + strconv.Itoa(port)
 }
 
-func brokerConfig(url, user, password string, p *pki) share.BrokerConfig {
+func brokerConfig(url, user, password string, p *collectortest.PKI) share.BrokerConfig {
 	b := share.BrokerConfig{URL: url, Username: user, Password: config.Secret(password)}
 	if p != nil {
 		b.TLS.CAFile = p.CA
@@ -157,7 +158,7 @@ func startHub(t *testing.T, cfg Config, opts ...Option) (*Hub, func()) {
 // can publish under its own pseudonym only, cannot read contributions,
 // and nobody gets in without a password.
 func TestClusterBrokerACLPseudonym(t *testing.T) {
-	p := newPKI(t)
+	p := collectortest.NewPKI(t, "cluster-ca")
 	a, b := newPseudonym(t), newPseudonym(t)
 	_, url := clusterBroker(t, p, map[string]string{a: "pw-a", b: "pw-b", "shopfloor-hub": "pw-hub"})
 	start := time.Now().UTC().Truncate(time.Hour).Add(-2 * time.Hour)

@@ -4,6 +4,7 @@ package share
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -52,15 +53,15 @@ func forwardOn(t *testing.T, port int, target string) {
 // reached the contribution waits in the queue on disk; once it can, the
 // agent delivers it over TLS with its own user, and it arrives unchanged.
 func TestShareStoreAndForwardTLS(t *testing.T) {
-	p := newPKI(t)
+	p := collectortest.NewPKI(t, "cluster-ca")
 	dataDir := t.TempDir()
 	pseudonym, err := PseudonymOf(dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key := p.serverCert(t)
-	pw := filepath.Join(p.dir, "passwd")
-	if err := os.WriteFile(pw, []byte(mosquittoPassword(t, pseudonym, "firm-pw")+mosquittoPassword(t, "shopfloor-hub", "hub-pw")), 0o600); err != nil {
+	cert, key := p.Issue(t, "broker", x509.ExtKeyUsageServerAuth)
+	pw := filepath.Join(p.Dir, "passwd")
+	if err := os.WriteFile(pw, []byte(collectortest.MosquittoPassword(t, pseudonym, "firm-pw")+collectortest.MosquittoPassword(t, "shopfloor-hub", "hub-pw")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tlsPort := collectortest.FreePort(t)
