@@ -221,18 +221,7 @@ func usesTLS(rawURL string) bool {
 // source's config (url, subscriptions[2].json.time_format).
 func (c Config) Validate() error {
 	var errs []error
-	tlsScheme := false
-	if c.URL == "" {
-		errs = append(errs, config.Missing("url"))
-	} else if u, err := url.Parse(c.URL); err != nil {
-		errs = append(errs, config.Invalid("url", "is not a URL: %v", err))
-	} else if isTLS, ok := scheme(u.Scheme); !ok {
-		errs = append(errs, config.Invalid("url", "scheme %q is not supported; use %s, as in tcp://broker:1883", u.Scheme, schemeList))
-	} else if u.Host == "" {
-		errs = append(errs, config.Invalid("url", "has no host; write scheme://host:port, as in tcp://broker:1883"))
-	} else {
-		tlsScheme = isTLS
-	}
+	errs = append(errs, ValidateBroker(c.URL, c.TLS))
 	if !c.CleanSession && c.ClientID == "" {
 		errs = append(errs, config.Invalid("client_id", "is required unless clean_session is true: the broker keeps the persistent session, and the messages queued in it, under this id"))
 	}
@@ -253,10 +242,6 @@ func (c Config) Validate() error {
 	if c.Workers < 1 || c.Workers > 1024 {
 		errs = append(errs, config.Invalid("workers", "must be between 1 and 1024, got %d", c.Workers))
 	}
-	errs = append(errs, config.Nest("tls", c.TLS.validate()))
-	if c.TLS.isSet() && c.URL != "" && !tlsScheme && errors.Join(errs...) == nil {
-		errs = append(errs, config.Invalid("tls", "is set but the url scheme does not use TLS, so the connection would be plain text; use ssl://, mqtts:// or wss://"))
-	}
 	if len(c.Subscriptions) == 0 {
 		errs = append(errs, config.Invalid("subscriptions", "needs at least one topic filter"))
 	}
@@ -269,6 +254,30 @@ func (c Config) Validate() error {
 		} else {
 			seen[s.Topic] = i
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateBroker checks a broker URL and the TLS section that goes with
+// it, with keys "url" and "tls.*". The MQTT and Sparkplug sources share it
+// so both read their connection settings the same way.
+func ValidateBroker(rawURL string, t TLSConfig) error {
+	var errs []error
+	tlsScheme := false
+	if rawURL == "" {
+		errs = append(errs, config.Missing("url"))
+	} else if u, err := url.Parse(rawURL); err != nil {
+		errs = append(errs, config.Invalid("url", "is not a URL: %v", err))
+	} else if isTLS, ok := scheme(u.Scheme); !ok {
+		errs = append(errs, config.Invalid("url", "scheme %q is not supported; use %s, as in tcp://broker:1883", u.Scheme, schemeList))
+	} else if u.Host == "" {
+		errs = append(errs, config.Invalid("url", "has no host; write scheme://host:port, as in tcp://broker:1883"))
+	} else {
+		tlsScheme = isTLS
+	}
+	errs = append(errs, config.Nest("tls", t.validate()))
+	if t.isSet() && rawURL != "" && !tlsScheme && errors.Join(errs...) == nil {
+		errs = append(errs, config.Invalid("tls", "is set but the url scheme does not use TLS, so the connection would be plain text; use ssl://, mqtts:// or wss://"))
 	}
 	return errors.Join(errs...)
 }

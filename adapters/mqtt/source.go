@@ -78,34 +78,38 @@ func New(cfg Config, logger *slog.Logger) (*Source, error) {
 }
 
 // tlsConfig reads the certificate files; nil for plain-text schemes.
-func (c Config) tlsConfig() (*tls.Config, error) {
-	if !usesTLS(c.URL) {
+func (c Config) tlsConfig() (*tls.Config, error) { return c.TLS.Build(c.URL) }
+
+// Build reads the certificate files into the tls.Config for a connection
+// to rawURL; it returns nil for plain-text schemes.
+func (t TLSConfig) Build(rawURL string) (*tls.Config, error) {
+	if !usesTLS(rawURL) {
 		return nil, nil
 	}
-	t := &tls.Config{
+	tc := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
-		ServerName:         c.TLS.ServerName,
-		InsecureSkipVerify: c.TLS.InsecureSkipVerify, //nolint:gosec // opt-in, warned about in New
+		ServerName:         t.ServerName,
+		InsecureSkipVerify: t.InsecureSkipVerify, //nolint:gosec // opt-in, warned about in New
 	}
-	if c.TLS.CAFile != "" {
-		pem, err := os.ReadFile(c.TLS.CAFile)
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls.ca_file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", c.TLS.CAFile)
+			return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", t.CAFile)
 		}
-		t.RootCAs = pool
+		tc.RootCAs = pool
 	}
-	if c.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
 		}
-		t.Certificates = []tls.Certificate{cert}
+		tc.Certificates = []tls.Certificate{cert}
 	}
-	return t, nil
+	return tc, nil
 }
 
 // run is the state of one Run call: one connection, its workers.

@@ -2,12 +2,7 @@ package sparkplug
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"fmt"
-	"net/url"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
@@ -114,43 +109,11 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// scheme reports whether paho understands a URL scheme and whether it
-// means TLS.
-func scheme(s string) (isTLS, ok bool) {
-	switch strings.ToLower(s) {
-	case "tcp", "mqtt", "ws":
-		return false, true
-	case "ssl", "tls", "mqtts", "wss":
-		return true, true
-	}
-	return false, false
-}
-
-func usesTLS(rawURL string) bool {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return false
-	}
-	isTLS, _ := scheme(u.Scheme)
-	return isTLS
-}
-
 // Validate reports every problem at once, with keys relative to the
 // source's sparkplug section (host_id, groups[1]).
 func (c Config) Validate() error {
 	var errs []error
-	tlsScheme := false
-	if c.URL == "" {
-		errs = append(errs, config.Missing("url"))
-	} else if u, err := url.Parse(c.URL); err != nil {
-		errs = append(errs, config.Invalid("url", "is not a URL: %v", err))
-	} else if isTLS, ok := scheme(u.Scheme); !ok {
-		errs = append(errs, config.Invalid("url", "scheme %q is not supported; use tcp, mqtt, ssl, tls, mqtts, ws or wss, as in tcp://broker:1883", u.Scheme))
-	} else if u.Host == "" {
-		errs = append(errs, config.Invalid("url", "has no host; write scheme://host:port, as in tcp://broker:1883"))
-	} else {
-		tlsScheme = isTLS
-	}
+	errs = append(errs, mqtt.ValidateBroker(c.URL, c.TLS))
 	if c.HostID == "" {
 		errs = append(errs, config.Missing("host_id"))
 	} else if err := validID(c.HostID); err != nil {
@@ -192,15 +155,6 @@ func (c Config) Validate() error {
 	if c.Workers < 1 || c.Workers > 1024 {
 		errs = append(errs, config.Invalid("workers", "must be between 1 and 1024, got %d", c.Workers))
 	}
-	if c.TLS.CertFile != "" && c.TLS.KeyFile == "" {
-		errs = append(errs, config.Invalid("tls.key_file", "is required with cert_file: a client certificate needs its private key"))
-	}
-	if c.TLS.KeyFile != "" && c.TLS.CertFile == "" {
-		errs = append(errs, config.Invalid("tls.cert_file", "is required with key_file: a private key needs its certificate"))
-	}
-	if c.TLS != (mqtt.TLSConfig{}) && c.URL != "" && !tlsScheme && errors.Join(errs...) == nil {
-		errs = append(errs, config.Invalid("tls", "is set but the url scheme does not use TLS, so the connection would be plain text; use ssl://, mqtts:// or wss://"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -221,35 +175,5 @@ func (c Config) filters() map[string]byte {
 
 func (c Config) stateTopic() string { return Namespace + "/" + typeSTATE + "/" + c.HostID }
 
-// tlsConfig reads the certificate files; nil for plain-text schemes. It
-// mirrors the mqtt source's (unexported) builder, so both sources read the
-// same tls section the same way.
-func (c Config) tlsConfig() (*tls.Config, error) {
-	if !usesTLS(c.URL) {
-		return nil, nil
-	}
-	t := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         c.TLS.ServerName,
-		InsecureSkipVerify: c.TLS.InsecureSkipVerify, //nolint:gosec // opt-in, warned about in New
-	}
-	if c.TLS.CAFile != "" {
-		pem, err := os.ReadFile(c.TLS.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", c.TLS.CAFile)
-		}
-		t.RootCAs = pool
-	}
-	if c.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
-		}
-		t.Certificates = []tls.Certificate{cert}
-	}
-	return t, nil
-}
+// tlsConfig reads the certificate files; nil for plain-text schemes.
+func (c Config) tlsConfig() (*tls.Config, error) { return c.TLS.Build(c.URL) }

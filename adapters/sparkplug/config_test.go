@@ -102,7 +102,9 @@ tls:
 	for _, p := range ps {
 		got = append(got, p.Key)
 	}
-	if want := []string{"groups[1]"}; !slices.Equal(got, want) {
+	// Both problems at once: the bad group and a tls section on a plain
+	// tcp:// URL.
+	if want := []string{"groups[1]", "tls"}; !slices.Equal(got, want) {
 		t.Fatalf("problem keys %q, want %q\n%v", got, want, err)
 	}
 	if c.Password.Reveal() != "s3cret" || c.ReorderTimeout != 500*time.Millisecond || c.RebirthMinInterval != 10*time.Second || !c.PersistentSession || c.ClientID != "agent" {

@@ -62,7 +62,7 @@ func New(cfg Config, logger *slog.Logger) (*Source, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.TLS.InsecureSkipVerify && usesTLS(cfg.URL) {
+	if tc, _ := cfg.tlsConfig(); tc != nil && tc.InsecureSkipVerify {
 		logger.Warn("tls.insecure_skip_verify is on: the broker's certificate is not checked", "url", cfg.URL)
 	}
 	return &Source{cfg: cfg, log: logger, nodes: map[nodeKey]*node{}}, nil
