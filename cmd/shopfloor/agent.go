@@ -218,11 +218,11 @@ type Readiness struct {
 	Ready bool `json:"ready"`
 	// NotReady says, one line per component, what is down and why.
 	NotReady []string `json:"not_ready,omitempty"`
-	// QueuedSamples wait in the store-and-forward queue; the oldest of
-	// them was queued OldestQueuedSeconds ago.
 	// Warnings are problems that do not stop data: an OPC UA node that is
 	// missing or refused while the source's other nodes flow.
-	Warnings            []string                    `json:"warnings,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// QueuedSamples wait in the store-and-forward queue; the oldest of
+	// them was queued OldestQueuedSeconds ago.
 	QueuedSamples       int64                       `json:"queued_samples"`
 	OldestQueuedSeconds float64                     `json:"oldest_queued_seconds"`
 	Components          []collector.ComponentStatus `json:"components"`

@@ -24,7 +24,7 @@ func runBrowse(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.Endpoint, "endpoint", "", "the server's `url`, opc.tcp://host:4840")
 	fs.StringVar(&o.SecurityPolicy, "security-policy", "None", "None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss")
 	fs.StringVar(&o.SecurityMode, "security-mode", "", "Sign or SignAndEncrypt (default by policy)")
-	fs.StringVar(&o.AuthMethod, "auth", "anonymous", "anonymous, username or certificate")
+	fs.StringVar(&o.AuthMethod, "auth", "", "anonymous, username or certificate (default username when --username is given, else anonymous)")
 	fs.StringVar(&o.Username, "username", "", "user for --auth username")
 	password := fs.String("password-env", "OPCUA_PASSWORD", "the environment `variable` holding the password (never a flag: it would show in ps)")
 	fs.StringVar(&o.CertFile, "cert-file", "", "user certificate for --auth certificate")
@@ -42,6 +42,12 @@ func runBrowse(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "shopfloor browse: give --endpoint opc.tcp://host:port")
 		fs.Usage()
 		return exitUsage
+	}
+	if o.AuthMethod == "" {
+		o.AuthMethod = "anonymous"
+		if o.Username != "" {
+			o.AuthMethod = "username"
+		}
 	}
 	o.Password = config.Secret(os.Getenv(*password))
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

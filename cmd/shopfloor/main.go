@@ -1,12 +1,9 @@
 // Command shopfloor is the edge agent of the Noordoostpolder manufacturing
-// cluster: it reads machine data over MQTT (and, as it grows, OPC UA and
-// Sparkplug B), normalises it and writes it to InfluxDB.
-//
-// Usage:
-//
-//	shopfloor agent --config FILE   run the agent
-//	shopfloor check --config FILE   validate a config, print every problem
-//	shopfloor version               print version, commit and Go version
+// cluster: it reads machine data over MQTT, Sparkplug B and OPC UA,
+// normalises it, keeps it in a store-and-forward queue, computes KPIs and
+// writes everything to InfluxDB; it also runs the simulator, the demo, the
+// load test and the cluster's benchmark hub. Run it without arguments for
+// the list of subcommands.
 package main
 
 import (
