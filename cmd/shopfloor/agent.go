@@ -204,11 +204,11 @@ func (a *Agent) Handler() http.Handler {
 	mux.Handle("GET /", a.requireAuth(http.HandlerFunc(a.servePage)))
 	mux.Handle("GET /api/status", a.requireAuth(http.HandlerFunc(a.serveStatus)))
 	if a.cfg.Agent.HTTP.Pprof {
-		mux.Handle("/debug/pprof/", a.requireAuth(http.HandlerFunc(pprof.Index)))
-		mux.Handle("/debug/pprof/cmdline", a.requireAuth(http.HandlerFunc(pprof.Cmdline)))
-		mux.Handle("/debug/pprof/profile", a.requireAuth(http.HandlerFunc(pprof.Profile)))
-		mux.Handle("/debug/pprof/symbol", a.requireAuth(http.HandlerFunc(pprof.Symbol)))
-		mux.Handle("/debug/pprof/trace", a.requireAuth(http.HandlerFunc(pprof.Trace)))
+		mux.Handle("GET /debug/pprof/", a.requireAuth(http.HandlerFunc(pprof.Index)))
+		mux.Handle("GET /debug/pprof/cmdline", a.requireAuth(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("GET /debug/pprof/profile", a.requireAuth(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("GET /debug/pprof/symbol", a.requireAuth(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("GET /debug/pprof/trace", a.requireAuth(http.HandlerFunc(pprof.Trace)))
 	}
 	return mux
 }

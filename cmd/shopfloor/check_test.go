@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestCheckBrokenConfigs runs `shopfloor check` on the broken configs in
@@ -152,6 +156,22 @@ func TestLoggerFormats(t *testing.T) {
 		}
 		if !strings.Contains(buf.String(), tt.wantLine) || !strings.Contains(buf.String(), "factory-mqtt") {
 			t.Errorf("%+v: logged %q, want %s", tt.cfg, buf.String(), tt.wantLine)
+		}
+	}
+}
+
+// TestHandlerRoutes builds the agent's HTTP routes with every switch on:
+// conflicting patterns panic in net/http, and the profiler must be there.
+func TestHandlerRoutes(t *testing.T) {
+	var cfg Config
+	cfg.Agent.HTTP.Pprof = true
+	a := &Agent{cfg: cfg, registry: prometheus.NewRegistry(), log: slog.New(slog.DiscardHandler)}
+	h := a.Handler()
+	for path, want := range map[string]int{"/healthz": 200, "/debug/pprof/": 200, "/metrics": 200, "/nothing": 404} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != want {
+			t.Errorf("GET %s: %d, want %d", path, rec.Code, want)
 		}
 	}
 }
