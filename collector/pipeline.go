@@ -72,7 +72,7 @@ const (
 	DefaultQueueMaxBytes     = config.ByteSize(1 << 30)
 	DefaultQueueSegmentBytes = config.ByteSize(8 << 20)
 	DefaultFsync             = "100ms"
-	DefaultDrainRate         = 200000
+	DefaultDrainRate         = 500000
 )
 
 // SetDefaults fills unset fields. The defaults favour throughput at a
