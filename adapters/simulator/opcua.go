@@ -36,7 +36,9 @@ type OPCUAConfig struct {
 	// Dir keeps the server's certificate and key, so a client that trusted
 	// it once trusts it after a restart. Empty: a new one per start.
 	Dir string
-	// Logger receives the server's log; nil discards it.
+	// Logger receives the server's log; nil discards it. gopcua's server
+	// logs printf-style and loudly (benign "duplicate reference" errors at
+	// every start), so the demo and simulate leave it nil.
 	Logger *slog.Logger
 }
 
@@ -166,8 +168,18 @@ func NewOPCUAServer(ctx context.Context, cfg OPCUAConfig, machines []Placed) (*O
 // Endpoint is the server's opc.tcp URL.
 func (s *OPCUAServer) Endpoint() string { return s.endpoint }
 
-// Close stops the server.
-func (s *OPCUAServer) Close() error { return s.srv.Close() }
+// Close stops the server. gopcua's server waits up to ten seconds for
+// clients' channels to end; Close gives it two, so a demo stops promptly.
+func (s *OPCUAServer) Close() error {
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(2 * time.Second):
+		return nil
+	}
+}
 
 // Publish sets the variables of m and notifies the monitored items of
 // those that changed. Machines the server does not serve are ignored.

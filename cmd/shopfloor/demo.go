@@ -160,7 +160,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	}
 	opcuaHost, _, _ := net.SplitHostPort(o.opcuaAddr)
 	opcuaSrv, err := simulator.NewOPCUAServer(ctx, simulator.OPCUAConfig{Host: opcuaHost, Port: opcuaPort,
-		Dir: filepath.Join(dir, "simulator-pki"), Logger: logger.With("component", "opcua-server")}, line2)
+		Dir: filepath.Join(dir, "simulator-pki")}, line2)
 	if err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ func runSimulate(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 		log.SetOutput(io.Discard) // gopcua's server talks to the standard logger
-		srv, err := simulator.NewOPCUAServer(ctx, simulator.OPCUAConfig{Host: host, Port: port, Dir: *opcuaDir, Logger: logger.With("component", "opcua-server")}, fleet.Machines)
+		srv, err := simulator.NewOPCUAServer(ctx, simulator.OPCUAConfig{Host: host, Port: port, Dir: *opcuaDir}, fleet.Machines)
 		if err != nil {
 			fmt.Fprintf(stderr, "shopfloor simulate: %v\n", err)
 			return exitFailed
