@@ -55,6 +55,21 @@ type Sink interface {
 	Write(ctx context.Context, samples []Sample) error
 }
 
+// UnwritableError reports a write that stored everything except samples
+// the sink cannot represent at all (a NaN, a tag value with control
+// characters). Retrying cannot fix them, so the pipeline treats the write
+// as done and counts them as dropped, reason "unwritable".
+type UnwritableError struct {
+	Samples int
+	Err     error
+}
+
+func (e *UnwritableError) Error() string {
+	return fmt.Sprintf("%d samples cannot be written: %v", e.Samples, e.Err)
+}
+
+func (e *UnwritableError) Unwrap() error { return e.Err }
+
 // RetryableError marks a sink error as transient. RetryAfter, when non-zero,
 // is the wait the server asked for.
 type RetryableError struct {

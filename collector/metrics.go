@@ -59,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"sink", "kind"}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shopfloor_sink_samples_dropped_total",
-			Help: "Samples given up on by the writer, by reason: dead_letter_failed (refused by the sink and the dead-letter file could not be written). Samples dropped because the queue was full are in shopfloor_queue_dropped_samples_total.",
+			Help: "Samples given up on by the writer, by reason: unwritable (the sink cannot represent them: a NaN, a tag with control characters; the sink logs which), dead_letter_failed (refused by the sink and the dead-letter file could not be written). Samples dropped because the queue was full are in shopfloor_queue_dropped_samples_total.",
 		}, []string{"sink", "reason"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shopfloor_sink_dead_letter_samples_total",
@@ -89,7 +89,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // registerQueue exports a queue's state, read at scrape time so the
 // numbers are exact rather than sampled.
 func (m *Metrics) registerQueue(sink string, q *queue.Queue) {
-	for _, label := range []string{"dead_letter_failed"} {
+	for _, label := range []string{"dead_letter_failed", "unwritable"} {
 		m.dropped.WithLabelValues(sink, label)
 	}
 	m.deadLetters.WithLabelValues(sink)

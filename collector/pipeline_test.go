@@ -262,3 +262,28 @@ func gather(t *testing.T, reg *prometheus.Registry, name string) float64 {
 }
 
 var _ = testutil.ToFloat64
+
+// A sink that stores a batch except samples it cannot represent reports
+// them; they are counted as dropped, not as written, and never retried.
+func TestPipelineCountsUnwritableSamples(t *testing.T) {
+	src := &scriptedSource{n: 10}
+	sink := &collectortest.Sink{Fail: func(call int, batch []collector.Sample) error {
+		if call == 1 {
+			return &collector.UnwritableError{Samples: 3, Err: errors.New("NaN")}
+		}
+		return nil
+	}}
+	p, reg := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 20, FlushInterval: time.Hour})
+	runUntil(t, p, func() error {
+		if w, d := gather(t, reg, "shopfloor_sink_samples_written_total"), gather(t, reg, "shopfloor_sink_samples_dropped_total"); w+d != 20 {
+			return fmt.Errorf("written %v + dropped %v", w, d)
+		}
+		return nil
+	})
+	if d := gather(t, reg, "shopfloor_sink_samples_dropped_total"); d != 3 {
+		t.Errorf("dropped %v, want the 3 unwritable samples", d)
+	}
+	if sink.Calls() != 1 {
+		t.Errorf("%d write calls for one full batch, want 1: unwritable samples are not retried", sink.Calls())
+	}
+}

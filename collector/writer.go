@@ -170,6 +170,14 @@ func (p *Pipeline) writeRetrying(ctx context.Context, batch []Sample) error {
 			p.sinkSt.set(true, nil)
 			return nil
 		}
+		var unwritable *UnwritableError
+		if errors.As(err, &unwritable) {
+			// Stored, except what the sink cannot represent: done.
+			p.metrics.pointsWritten.WithLabelValues(name).Add(float64(len(batch) - unwritable.Samples))
+			p.metrics.dropped.WithLabelValues(name, "unwritable").Add(float64(unwritable.Samples))
+			p.sinkSt.set(true, nil)
+			return nil
+		}
 		retryAfter, retryable := IsRetryable(err)
 		if !retryable {
 			p.metrics.sinkErrors.WithLabelValues(name, "rejected").Inc()

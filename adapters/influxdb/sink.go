@@ -125,8 +125,9 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 // are still sent, so one bad point costs as little as possible.
 //
 // Samples that cannot be encoded at all (NaN, empty names) are left out and
-// logged rather than failing the call: retrying cannot fix them, and
-// the normaliser upstream counts bad input already.
+// logged rather than failing the call: retrying cannot fix them. When the
+// rest was stored, Write says so with a *collector.UnwritableError, so the
+// pipeline counts them instead of calling them written.
 func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -159,6 +160,9 @@ func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
 		if werr.StatusCode != http.StatusBadRequest && werr.StatusCode != http.StatusUnprocessableEntity {
 			break // size or an odd status: every other request would fail the same way
 		}
+	}
+	if len(refused) == 0 && len(s.enc.skipped) > 0 {
+		return &collector.UnwritableError{Samples: len(s.enc.skipped), Err: s.enc.err()}
 	}
 	return errors.Join(refused...)
 }

@@ -342,8 +342,12 @@ func TestWriteSkipsInvalidSamples(t *testing.T) {
 	defer s.Close()
 	samples := someSamples(2)
 	samples[0].Value = collector.Float(math.NaN())
-	if err := s.Write(context.Background(), samples); err != nil {
-		t.Fatalf("an unencodable sample must not fail the batch: %v", err)
+	var ue *collector.UnwritableError
+	if err := s.Write(context.Background(), samples); !errors.As(err, &ue) || ue.Samples != 1 {
+		t.Fatalf("Write = %v, want the batch stored and one unwritable sample reported", err)
+	}
+	if _, retry := collector.IsRetryable(ue); retry {
+		t.Fatal("an unwritable sample must not be retried")
 	}
 	if r := f.requests(); len(r) != 1 || strings.Count(r[0].body, "\n") != 1 {
 		t.Fatalf("requests %+v, want one with the valid line", r)
