@@ -33,9 +33,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	shopfloorBin = filepath.Join(dir, "shopfloor")
-	if out, err := exec.Command("go", "build", "-o", shopfloorBin, "../cmd/shopfloor").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build shopfloor: %v\n%s", err, out)
+	if shopfloorBin, err = collectortest.BuildBinary("../cmd/shopfloor", dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -38,66 +38,6 @@ func newSource(t *testing.T, cfg Config) *Source {
 	return s
 }
 
-// running is one Run call in the background.
-type running struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func start(t *testing.T, s *Source, out collector.Output) *running {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Run(ctx, out) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
-	return r
-}
-
-// stop cancels the run and requires Run to return nil.
-func (r *running) stop(t *testing.T) {
-	t.Helper()
-	r.cancel()
-	if err := r.wait(t); err != nil {
-		t.Fatalf("Run after cancel = %v, want nil", err)
-	}
-}
-
-func (r *running) wait(t *testing.T) error {
-	t.Helper()
-	select {
-	case err := <-r.done:
-		r.done <- err // for the cleanup
-		return err
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return")
-		return nil
-	}
-}
-
-// connected waits until out saw n up transitions.
-func connected(t *testing.T, out *collectortest.Output, n int) {
-	t.Helper()
-	collectortest.Eventually(t, 10*time.Second, func() error {
-		ups := 0
-		for _, up := range out.ConnectedStates() {
-			if up {
-				ups++
-			}
-		}
-		if ups < n {
-			return fmt.Errorf("%d connections reported up, want %d", ups, n)
-		}
-		return nil
-	})
-}
-
 func seqMsgs(topic string, from, n int) []collectortest.Message {
 	out := make([]collectortest.Message, n)
 	for i := range out {
@@ -154,8 +94,8 @@ func inOrder(t *testing.T, got []int, topic string, from, n int) {
 func TestSourceDeliversAllInOrder(t *testing.T) {
 	svc := collectortest.Mosquitto(t)
 	out := &collectortest.Output{}
-	start(t, newSource(t, testConfig(svc.URL(), "agent-order")), out)
-	connected(t, out, 1)
+	collectortest.Start(t, newSource(t, testConfig(svc.URL(), "agent-order")), out)
+	collectortest.WaitConnected(t, out, 1)
 
 	const topics, perTopic = 5, 400
 	pub := collectortest.Publisher(t, svc.URL())
@@ -189,9 +129,9 @@ func TestSourcePersistentSession(t *testing.T) {
 	src := newSource(t, cfg)
 
 	first := &collectortest.Output{}
-	r := start(t, src, first)
-	connected(t, first, 1)
-	r.stop(t)
+	r := collectortest.Start(t, src, first)
+	collectortest.WaitConnected(t, first, 1)
+	r.Stop(t)
 	if states := first.ConnectedStates(); states[len(states)-1] {
 		t.Errorf("connection states %v: want down after stop", states)
 	}
@@ -201,7 +141,7 @@ func TestSourcePersistentSession(t *testing.T) {
 	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 0, n)...)
 
 	second := &collectortest.Output{}
-	start(t, src, second)
+	collectortest.Start(t, src, second)
 	waitSeqs(t, second, n)
 	inOrder(t, seqs(second)[topic], topic, 0, n)
 }
@@ -210,14 +150,14 @@ func TestSourceBrokerRestart(t *testing.T) {
 	svc := collectortest.Mosquitto(t)
 	src := newSource(t, testConfig(svc.URL(), "agent-restart"))
 	out := &collectortest.Output{}
-	r := start(t, src, out)
-	connected(t, out, 1)
+	r := collectortest.Start(t, src, out)
+	collectortest.WaitConnected(t, out, 1)
 	topic := "factory/l1/m1/telemetry"
 	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 0, 10)...)
 	waitSeqs(t, out, 10)
 
 	svc.Restart()
-	err := r.wait(t)
+	err := r.Wait(t)
 	if err == nil || !strings.Contains(err.Error(), "mqtt broker "+svc.URL()) || !strings.Contains(err.Error(), "connection lost") {
 		t.Fatalf("Run after broker restart = %v, want a connection lost error naming the broker", err)
 	}
@@ -241,7 +181,7 @@ func TestSourceBrokerRestart(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-supervised })
-	connected(t, out, 2)
+	collectortest.WaitConnected(t, out, 2)
 
 	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 10, 10)...)
 	collectortest.Eventually(t, 30*time.Second, func() error {
@@ -259,8 +199,8 @@ func TestSourceBadInput(t *testing.T) {
 	cfg.MaxPayloadBytes = 512
 	src := newSource(t, cfg)
 	out := &collectortest.Output{}
-	r := start(t, src, out)
-	connected(t, out, 1)
+	r := collectortest.Start(t, src, out)
+	collectortest.WaitConnected(t, out, 1)
 
 	topic := "factory/l1/m1/telemetry"
 	big := `{"seq":99,"pad":"` + strings.Repeat("x", 600) + `"}`
@@ -291,10 +231,10 @@ func TestSourceBadInput(t *testing.T) {
 	}
 
 	// Bad input was acked: a new session gets only what comes next.
-	r.stop(t)
+	r.Stop(t)
 	again := &collectortest.Output{}
-	start(t, src, again)
-	connected(t, again, 1)
+	collectortest.Start(t, src, again)
+	collectortest.WaitConnected(t, again, 1)
 	collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 100, 1)...)
 	waitSeqs(t, again, 1)
 	if got := seqs(again)[topic]; len(got) != 1 || got[0] != 100 || len(again.BadCounts()) != 0 {
@@ -322,16 +262,16 @@ func TestSourceNoAckWithoutEmit(t *testing.T) {
 		svc := collectortest.Mosquitto(t)
 		src := newSource(t, testConfig(svc.URL(), "agent-emit-error"))
 		failing := &collectortest.Output{EmitErr: errors.New("queue closed")}
-		r := start(t, src, failing)
-		connected(t, failing, 1)
+		r := collectortest.Start(t, src, failing)
+		collectortest.WaitConnected(t, failing, 1)
 		collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 7, 1)...)
-		err := r.wait(t)
+		err := r.Wait(t)
 		if !errors.Is(err, errEmitRefused) || !strings.Contains(err.Error(), "queue closed") {
 			t.Fatalf("Run = %v, want it to end with the Emit error", err)
 		}
 
 		out := &collectortest.Output{}
-		start(t, src, out)
+		collectortest.Start(t, src, out)
 		waitSeqs(t, out, 1)
 		inOrder(t, seqs(out)[topic], topic, 7, 1)
 	})
@@ -340,8 +280,8 @@ func TestSourceNoAckWithoutEmit(t *testing.T) {
 		svc := collectortest.Mosquitto(t)
 		src := newSource(t, testConfig(svc.URL(), "agent-emit-cancel"))
 		blocked := &blockingOutput{Output: &collectortest.Output{}}
-		r := start(t, src, blocked)
-		connected(t, blocked.Output, 1)
+		r := collectortest.Start(t, src, blocked)
+		collectortest.WaitConnected(t, blocked.Output, 1)
 		collectortest.Publish(t, collectortest.Publisher(t, svc.URL()), seqMsgs(topic, 3, 2)...)
 		collectortest.Eventually(t, 10*time.Second, func() error {
 			if blocked.entered.Load() == 0 {
@@ -349,10 +289,10 @@ func TestSourceNoAckWithoutEmit(t *testing.T) {
 			}
 			return nil
 		})
-		r.stop(t)
+		r.Stop(t)
 
 		out := &collectortest.Output{}
-		start(t, src, out)
+		collectortest.Start(t, src, out)
 		waitSeqs(t, out, 2)
 		inOrder(t, seqs(out)[topic], topic, 3, 2)
 	})

@@ -45,8 +45,8 @@ func TestSourceTLSClientCertAndPassword(t *testing.T) {
 	cfg.Username, cfg.Password = "agent", "s3cret"
 	cfg.TLS = TLSConfig{CAFile: p.CA, CertFile: clientCert, KeyFile: clientKey}
 	out := &collectortest.Output{}
-	start(t, newSource(t, cfg), out)
-	connected(t, out, 1)
+	collectortest.Start(t, newSource(t, cfg), out)
+	collectortest.WaitConnected(t, out, 1)
 
 	pubCert, pubKey := p.Issue(t, "publisher", x509.ExtKeyUsageClientAuth)
 	pair, err := tls.LoadX509KeyPair(pubCert, pubKey)

@@ -4,7 +4,6 @@ package sparkplug
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -151,57 +150,6 @@ func newHost(t *testing.T, cfg Config) *Source {
 		t.Fatal(err)
 	}
 	return s
-}
-
-type running struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func start(t *testing.T, s *Source, out collector.Output) *running {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Run(ctx, out) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
-	return r
-}
-
-func (r *running) stop(t *testing.T) {
-	t.Helper()
-	r.cancel()
-	select {
-	case err := <-r.done:
-		r.done <- err
-		if err != nil {
-			t.Fatalf("Run after cancel = %v, want nil", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return")
-	}
-}
-
-func waitUp(t *testing.T, out *collectortest.Output, n int) {
-	t.Helper()
-	collectortest.Eventually(t, 15*time.Second, func() error {
-		ups := 0
-		for _, up := range out.ConnectedStates() {
-			if up {
-				ups++
-			}
-		}
-		if ups < n {
-			return fmt.Errorf("%d connections up, want %d", ups, n)
-		}
-		return nil
-	})
 }
 
 // stateWatcher records the retained STATE of a host.

@@ -25,8 +25,8 @@ func TestInteropEdgeNode(t *testing.T) {
 	watcher := watchState(t, url, "shopfloor")
 	host := newHost(t, Config{URL: url, HostID: "shopfloor", ReorderTimeout: 300 * time.Millisecond, RebirthMinInterval: 100 * time.Millisecond})
 	out := &collectortest.Output{}
-	run := start(t, host, out)
-	waitUp(t, out, 1)
+	run := collectortest.Start(t, host, out)
+	collectortest.WaitConnected(t, out, 1)
 
 	var birthTS int64
 	t.Run("host STATE online", func(t *testing.T) {
@@ -176,7 +176,7 @@ func TestInteropEdgeNode(t *testing.T) {
 	})
 
 	t.Run("host STATE death on clean stop", func(t *testing.T) {
-		run.stop(t)
+		run.Stop(t)
 		st := retainedState(t, url, "shopfloor")
 		if st.Online || st.Timestamp != birthTS {
 			t.Errorf("retained STATE after stop %+v, want offline with the birth's timestamp %d", st, birthTS)
@@ -197,8 +197,8 @@ func TestInteropHostStateRepublished(t *testing.T) {
 	url := broker.URL()
 	host := newHost(t, Config{URL: url, HostID: "h1"})
 	out := &collectortest.Output{}
-	start(t, host, out)
-	waitUp(t, out, 1)
+	collectortest.Start(t, host, out)
+	collectortest.WaitConnected(t, out, 1)
 	watcher := watchState(t, url, "h1")
 	pub := collectortest.Publisher(t, url)
 	if tok := pub.Publish(Namespace+"/STATE/h1", 1, true, `{"online":false,"timestamp":1}`); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
@@ -222,8 +222,8 @@ func TestInteropBrokerLoss(t *testing.T) {
 	url := broker.URL()
 	host := newHost(t, Config{URL: url, HostID: "h1", RebirthMinInterval: 100 * time.Millisecond})
 	out := &collectortest.Output{}
-	run := start(t, host, out)
-	waitUp(t, out, 1)
+	run := collectortest.Start(t, host, out)
+	collectortest.WaitConnected(t, out, 1)
 	edge := startEdgeNode(t)
 	edge.do(m{"cmd": "connect", "url": url, "group": "g", "node": "n", "bdSeq": 0})
 	edge.do(m{"cmd": "birth", "device": nil, "metrics": []m{}})
@@ -231,14 +231,8 @@ func TestInteropBrokerLoss(t *testing.T) {
 	waitValues(t, out, "g/n/d", "V", 1)
 	lostAt := time.Now()
 	broker.Stop()
-	select {
-	case err := <-run.done:
-		run.done <- err
-		if err == nil {
-			t.Fatal("Run returned nil after the broker went away")
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return after the broker went away")
+	if err := run.Wait(t); err == nil {
+		t.Fatal("Run returned nil after the broker went away")
 	}
 	for _, orig := range []string{"g/n/d", "g/n"} {
 		got := values(out, orig, "state")

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -307,10 +308,7 @@ func mountSource(s composeService, target string) string {
 // environment compose gives it.
 func checkAgentConfig(t *testing.T, cfg string, env map[string]string) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "shopfloor")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shopfloor").CombinedOutput(); err != nil {
-		t.Fatalf("build shopfloor: %v\n%s", err, out)
-	}
+	bin := collectortest.Build(t, "../../cmd/shopfloor")
 	cmd := exec.Command(bin, "check", "--config", cfg)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
 
 const unitFile = "shopfloor.service"
@@ -112,9 +114,9 @@ func TestSystemdAnalyze(t *testing.T) {
 		return
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "shopfloor")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/shopfloor").CombinedOutput(); err != nil {
-		t.Fatalf("build shopfloor: %v\n%s", err, out)
+	bin, err := collectortest.BuildBinary("../../cmd/shopfloor", dir)
+	if err != nil {
+		t.Fatal(err)
 	}
 	src, err := os.ReadFile(unitFile)
 	if err != nil {
