@@ -32,6 +32,9 @@ import (
 const (
 	InfluxDatasourceUID     = "shopfloor-influxdb"
 	PrometheusDatasourceUID = "shopfloor-prometheus"
+	// ClusterDatasourceUID is the cluster's InfluxDB, which the hub writes
+	// the benchmark measurement to; only the cluster dashboard uses it.
+	ClusterDatasourceUID = "shopfloor-cluster"
 )
 
 // Dashboard uids; links between the dashboards use them.
@@ -39,6 +42,7 @@ const (
 	OverviewUID = "shopfloor-overview"
 	MachineUID  = "shopfloor-machine"
 	AgentUID    = "shopfloor-agent"
+	ClusterUID  = "shopfloor-cluster"
 )
 
 // Generated is one dashboard and the file its JSON goes to, relative to
@@ -54,6 +58,7 @@ func All() []Generated {
 		{"shopfloor-overview.json", Overview},
 		{"shopfloor-machine.json", MachineDetail},
 		{"shopfloor-agent.json", AgentHealth},
+		{"shopfloor-cluster.json", ClusterBenchmark},
 	}
 }
 
@@ -120,11 +125,24 @@ func deref[T any](p *T) T {
 func ptr[T any](v T) *T { return &v }
 
 // The datasource variables: panels refer to "${datasource}" rather than a
-// fixed uid.
-const dsVar = "datasource"
+// fixed uid. The cluster dashboard has a second one, "${cluster}", for the
+// cluster's InfluxDB.
+const (
+	dsVar        = "datasource"
+	clusterDSVar = "cluster"
+)
 
 func influxDS() *common.DataSourceRef {
 	return &common.DataSourceRef{Type: ptr("influxdb"), Uid: ptr("${" + dsVar + "}")}
+}
+
+func clusterDS() *common.DataSourceRef {
+	return &common.DataSourceRef{Type: ptr("influxdb"), Uid: ptr("${" + clusterDSVar + "}")}
+}
+
+// mixedDS lets a panel's targets each name their own datasource.
+func mixedDS() common.DataSourceRef {
+	return common.DataSourceRef{Type: ptr("datasource"), Uid: ptr("-- Mixed --")}
 }
 
 func promDS() *common.DataSourceRef {
@@ -134,7 +152,11 @@ func promDS() *common.DataSourceRef {
 // datasourceVariable lets the user pick a datasource of pluginType;
 // provisioned Grafana starts on the uid the provisioning file gives.
 func datasourceVariable(pluginType, label, defaultUID string) *dashboard.DatasourceVariableBuilder {
-	return dashboard.NewDatasourceVariableBuilder(dsVar).
+	return namedDatasourceVariable(dsVar, pluginType, label, defaultUID)
+}
+
+func namedDatasourceVariable(name, pluginType, label, defaultUID string) *dashboard.DatasourceVariableBuilder {
+	return dashboard.NewDatasourceVariableBuilder(name).
 		Label(label).
 		Type(pluginType).
 		Current(dashboard.VariableOption{

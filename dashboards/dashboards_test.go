@@ -93,9 +93,16 @@ func TestDashboardsAreConsistent(t *testing.T) {
 
 		vars := map[string]variableJSON{}
 		var dsType string
+		onDSVar := func(ds *dsJSON) bool { // a datasource variable of the dashboard's type
+			if ds == nil || ds.Type != dsType || !strings.HasPrefix(ds.UID, "${") {
+				return false
+			}
+			v, ok := vars[strings.TrimSuffix(strings.TrimPrefix(ds.UID, "${"), "}")]
+			return ok && v.Type == "datasource" && v.query() == dsType
+		}
 		for _, v := range d.Templating.List {
 			vars[v.Name] = v
-			if v.Type == "datasource" {
+			if v.Type == "datasource" && v.Name == "datasource" {
 				dsType = v.query()
 			}
 		}
@@ -111,7 +118,7 @@ func TestDashboardsAreConsistent(t *testing.T) {
 		}
 		for _, v := range d.Templating.List {
 			if v.Type == "query" {
-				if v.Datasource == nil || v.Datasource.Type != dsType || v.Datasource.UID != "${datasource}" {
+				if !onDSVar(v.Datasource) {
 					t.Errorf("%s: variable %s is not on the datasource variable: %+v", d.file, v.Name, v.Datasource)
 				}
 				checkRefs("variable "+v.Name, v.query())
@@ -139,7 +146,7 @@ func TestDashboardsAreConsistent(t *testing.T) {
 					t.Errorf("%s: panel %q has two targets %s", d.file, p.Title, tg.RefID)
 				}
 				refIDs[tg.RefID] = true
-				if tg.Datasource == nil || tg.Datasource.Type != dsType || tg.Datasource.UID != "${datasource}" {
+				if !onDSVar(tg.Datasource) {
 					t.Errorf("%s: panel %q target %s is not on the datasource variable: %+v", d.file, p.Title, tg.RefID, tg.Datasource)
 				}
 				q := tg.Query + tg.Expr

@@ -90,6 +90,10 @@ func InfluxQL(query string) *InfluxQLBuilder {
 	}}
 }
 
+// OnCluster runs the target on the cluster's InfluxDB (the "${cluster}"
+// datasource variable) instead of the firm's own.
+func (b *InfluxQLBuilder) OnCluster() *InfluxQLBuilder { b.q.Datasource = clusterDS(); return b }
+
 // RefID sets the target's reference letter; panels with one target may
 // leave it, Grafana's default is "A".
 func (b *InfluxQLBuilder) RefID(id string) *InfluxQLBuilder { b.q.RefID = id; return b }

@@ -293,7 +293,10 @@ func testInfluxQLPanels(t *testing.T, influxURL string) {
 		checked = 0
 		for _, d := range dashes {
 			qs := d.queries("influxdb")
-			if len(qs) == 0 {
+			if len(qs) == 0 || d.UID == ClusterUID {
+				// The cluster dashboard needs a hub's benchmark, which
+				// the demo has not: cmd/shopfloor's
+				// TestClusterBenchmarkEightFirms runs its queries.
 				continue
 			}
 			as, err := assignments(influxURL, d)

@@ -80,10 +80,13 @@ func NewAgent(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if cfg.KPI.Enabled {
 		emit := p.Append
 		if cfg.Share.Enabled {
-			a.share, err = share.New(cfg.Share, cfg.Agent.DataDir, logger.With("component", "share"))
+			// What is shared also goes to the firm's own InfluxDB, for the
+			// cluster benchmark dashboard.
+			a.share, err = share.New(cfg.Share, cfg.Agent.DataDir, logger.With("component", "share"), share.WithLocalCopy(p.Append))
 			if err != nil {
 				return nil, fmt.Errorf("share: %w", err)
 			}
+			registerShareMetrics(reg, a.share)
 			// The sharer sees every KPI row the sink gets.
 			emit = func(rows []collector.Sample) error {
 				a.share.Observe(rows)
@@ -275,4 +278,23 @@ func buildInfoMetric() prometheus.Collector {
 	})
 	g.Set(1)
 	return g
+}
+
+// registerShareMetrics exposes the sharer's traffic, so an operator sees
+// contributions waiting when the cluster broker is unreachable.
+func registerShareMetrics(reg prometheus.Registerer, s *share.Sharer) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "shopfloor_share_queued_contributions",
+			Help: "Contributions waiting in the share queue for the cluster broker.",
+		}, func() float64 { return float64(s.Stats().Queued) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "shopfloor_share_sent_contributions_total",
+			Help: "Contributions the cluster broker acknowledged since the agent started.",
+		}, func() float64 { return float64(s.Stats().Sent) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "shopfloor_share_send_failures_total",
+			Help: "Failed connections or publishes to the cluster broker since the agent started; contributions stay queued.",
+		}, func() float64 { return float64(s.Stats().SendFailures) }),
+	)
 }

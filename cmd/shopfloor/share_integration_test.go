@@ -455,6 +455,20 @@ log: {level: debug}
 	}
 	t.Logf("%d benchmark series match; robot-welding (4 firms) withheld, cnc-lathe (5 firms) published", published)
 
+	// The Cluster benchmark dashboard, as the first firm (all three
+	// classes) sees it; its values come first in want.
+	ownOEE := map[string]float64{}
+	for class, byKPI := range want {
+		ownOEE[class] = byKPI["oee"][0]
+	}
+	checkClusterDashboard(t, influx.URL(), firms[0].slug, start,
+		map[string]bool{"cnc-5axis": true, "cnc-lathe": true}, ownOEE)
+	// Its /metrics: three contributions acknowledged, none waiting.
+	if sent, queued := firms[0].agent.metric("shopfloor_share_sent_contributions_total"),
+		firms[0].agent.metric("shopfloor_share_queued_contributions"); sent != 3 || queued != 0 {
+		t.Errorf("share metrics: sent %v, queued %v; want 3 and 0", sent, queued)
+	}
+
 	// Privacy: everything the agents sent to the cluster broker.
 	sent := rec.bytes()
 	if !bytes.Contains(sent, []byte(firms[0].pseudonym)) {

@@ -61,6 +61,7 @@ type Sharer struct {
 	pub       Publisher
 	q         *queue.Queue
 	now       func() time.Time
+	local     func([]collector.Sample) error
 
 	sent, failures atomic.Int64
 
@@ -78,6 +79,10 @@ type period struct {
 	// Sent is the payload last queued per class, so a contribution is
 	// sent again only when it changed.
 	Sent map[string]string `json:"sent,omitempty"`
+	// Local is the payload last written to the firm's own store per
+	// class, kept apart from Sent because that write can fail (at
+	// shutdown the pipeline is already closed) and is then retried.
+	Local map[string]string `json:"local,omitempty"`
 }
 
 // machineRow is the latest hour row of one machine.
@@ -98,6 +103,37 @@ type Option func(*Sharer)
 
 // WithPublisher replaces the MQTT publisher, for tests.
 func WithPublisher(p Publisher) Option { return func(s *Sharer) { s.pub = p } }
+
+// WithLocalCopy hands every contribution, as it is queued, to emit as
+// rows of the firm's own KPI store (see LocalRows), so the firm's
+// dashboards can show what it shared beside the cluster's quartiles.
+func WithLocalCopy(emit func([]collector.Sample) error) Option {
+	return func(s *Sharer) { s.local = emit }
+}
+
+// LocalWindow is the window tag of the rows WithLocalCopy writes: they sit
+// in the kpi measurement beside the engine's 1m, 1h, shift and day rows,
+// tagged machine_type = the machine class and without machine, line or
+// site, exactly like the contribution.
+const LocalWindow = "share"
+
+// LocalRows turns a contribution into the rows WithLocalCopy writes: one
+// per KPI, named like the kpi measurement's fields, and "machines", at the
+// period's start.
+func LocalRows(c Contribution) []collector.Sample {
+	rows := make([]collector.Sample, 0, len(c.KPIs)+1)
+	add := func(signal string, v collector.Value) {
+		rows = append(rows, collector.Sample{MachineType: c.Class, Signal: signal, Value: v,
+			SourceTime: c.Start, ReceiveTime: c.Start, Window: LocalWindow})
+	}
+	for _, k := range KPIs {
+		if v, ok := c.KPIs[k]; ok {
+			add(k, collector.Float(v))
+		}
+	}
+	add("machines", collector.Int(int64(c.Machines)))
+	return rows
+}
 
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(s *Sharer) { s.now = now } }
@@ -250,7 +286,9 @@ func (s *Sharer) Run(ctx context.Context) error {
 // after it), saves the state and closes the queue. Call it once, after
 // Run returned and no more rows come.
 func (s *Sharer) Close() error {
-	err := s.check()
+	// The pipeline has stopped by now; the local copy of what becomes
+	// ready here is written after the next start.
+	err := s.checkAndCopy(false)
 	err = errors.Join(err, s.Save())
 	s.mu.Lock()
 	s.closed = true
@@ -261,7 +299,7 @@ func (s *Sharer) Close() error {
 // ready builds the contributions that are due now and were not queued
 // yet in that form: a period is due settle after its end once every
 // machine of the class has its hour final.
-func (s *Sharer) ready(now time.Time) []Contribution {
+func (s *Sharer) ready(now time.Time, copyLocal bool) []Contribution {
 	var out []Contribution
 	starts := make([]int64, 0, len(s.periods))
 	for k := range s.periods {
@@ -300,10 +338,10 @@ func (s *Sharer) ready(now time.Time) []Contribution {
 				continue
 			}
 			payload, _ := json.Marshal(c)
-			if p.Sent[class] == string(payload) {
+			if p.Sent[class] == string(payload) && (!copyLocal || p.Local[class] == string(payload)) {
 				continue
 			}
-			if len(waiting) > 0 {
+			if len(waiting) > 0 && p.Sent[class] != string(payload) {
 				s.log.Warn("share: sending a contribution although some machines' hour never became final", "class", class, "period_start", p.Start, "machines_waiting", len(waiting))
 			}
 			out = append(out, c)
@@ -351,17 +389,60 @@ func Round(kpi string, v float64) float64 {
 const LogFile = "contributions.jsonl"
 
 // check queues the contributions that are ready.
-func (s *Sharer) check() error {
+func (s *Sharer) check() error { return s.checkAndCopy(s.local != nil) }
+
+// checkAndCopy queues what is ready and, with copyLocal, writes it to the
+// firm's own store.
+func (s *Sharer) checkAndCopy(copyLocal bool) error {
+	var local []Contribution
+	err := s.queueReady(copyLocal, &local)
+	if len(local) == 0 {
+		return err
+	}
+	var rows []collector.Sample
+	for _, c := range local {
+		rows = append(rows, LocalRows(c)...)
+	}
+	// Outside the lock: emit is the pipeline, which must never wait for
+	// the KPI engine's lock while the engine waits for ours.
+	if lerr := s.local(rows); lerr != nil {
+		return errors.Join(err, fmt.Errorf("share: local copy: %w", lerr))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range local {
+		if p := s.periods[c.Start.Unix()]; p != nil {
+			if p.Local == nil {
+				p.Local = map[string]string{}
+			}
+			payload, _ := json.Marshal(c)
+			p.Local[c.Class] = string(payload)
+			s.dirty = true
+		}
+	}
+	return err
+}
+
+// queueReady queues the contributions that are ready and, with copyLocal,
+// appends to local those the firm's own store does not have yet.
+func (s *Sharer) queueReady(copyLocal bool, local *[]Contribution) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
 	var errs []error
-	for _, c := range s.ready(s.now()) {
+	for _, c := range s.ready(s.now(), copyLocal) {
 		payload, err := json.Marshal(c)
 		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		p := s.periods[c.Start.Unix()]
+		if copyLocal && p.Local[c.Class] != string(payload) {
+			*local = append(*local, c)
+		}
+		if p.Sent[c.Class] == string(payload) {
 			continue
 		}
 		topic := Topic(s.cfg.TopicPrefix, s.pseudonym, c.Class)
@@ -375,7 +456,6 @@ func (s *Sharer) check() error {
 			errs = append(errs, fmt.Errorf("share: queue: %w", err))
 			continue
 		}
-		p := s.periods[c.Start.Unix()]
 		if p.Sent == nil {
 			p.Sent = map[string]string{}
 		}

@@ -91,7 +91,9 @@ func TestSharerContributionFromEngine(t *testing.T) {
 	dir := t.TempDir()
 	pub := &capture{}
 	now := hour.Add(90 * time.Minute)
-	s, err := New(testConfig(), dir, nil, WithPublisher(pub), WithClock(func() time.Time { return now }))
+	var local []collector.Sample
+	s, err := New(testConfig(), dir, nil, WithPublisher(pub), WithClock(func() time.Time { return now }),
+		WithLocalCopy(func(rows []collector.Sample) error { local = append(local, rows...); return nil }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,8 +109,8 @@ func TestSharerContributionFromEngine(t *testing.T) {
 	if err := s.check(); err != nil {
 		t.Fatal(err)
 	}
-	if n := s.q.Stats().Records; n != 0 {
-		t.Fatalf("%d contributions queued while cnc-2's hour is open, want 0", n)
+	if n := s.q.Stats().Records; n != 0 || len(local) != 0 {
+		t.Fatalf("%d contributions queued and %d local rows while cnc-2's hour is open, want 0", n, len(local))
 	}
 	feedHour(e, m2, 40*time.Minute, 62*time.Minute)
 	if err := s.check(); err != nil {
@@ -175,6 +177,22 @@ func TestSharerContributionFromEngine(t *testing.T) {
 	}
 	if len(pub.all) != 1 {
 		t.Errorf("published %v, want only the cnc-5axis contribution", pub.all)
+	}
+	// The firm's own KPI store gets the same numbers, under the class.
+	gotLocal := map[string]float64{}
+	for _, r := range local {
+		if r.Window != LocalWindow || r.MachineType != "cnc-5axis" || r.Asset != (collector.Asset{}) || !r.SourceTime.Equal(hour) {
+			t.Errorf("local row %+v, want window %s, class cnc-5axis, no asset, at %v", r, LocalWindow, hour)
+		}
+		gotLocal[r.Signal], _ = r.Value.AsFloat()
+	}
+	if len(gotLocal) != len(c.KPIs)+1 || gotLocal["machines"] != 2 {
+		t.Errorf("local rows %v, want the %d KPIs and machines = 2", gotLocal, len(c.KPIs))
+	}
+	for k, v := range c.KPIs {
+		if gotLocal[k] != v {
+			t.Errorf("local %s = %v, shared %v", k, gotLocal[k], v)
+		}
 	}
 	// The local log holds exactly what was sent.
 	logged, err := os.ReadFile(filepath.Join(Dir(dir), LogFile))
@@ -268,5 +286,48 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if err := (Config{}).Validate(); err != nil {
 		t.Errorf("disabled config: %v", err)
+	}
+}
+
+// TestSharerLocalCopyRetried: a local copy that fails (the pipeline is
+// closed at shutdown) is written at the next check, without sending the
+// contribution twice.
+func TestSharerLocalCopyRetried(t *testing.T) {
+	now := hour.Add(90 * time.Minute)
+	fail := true
+	var local []collector.Sample
+	s, err := New(testConfig(), t.TempDir(), nil, WithPublisher(&capture{}), WithClock(func() time.Time { return now }),
+		WithLocalCopy(func(rows []collector.Sample) error {
+			if fail {
+				return os.ErrClosed
+			}
+			local = append(local, rows...)
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []collector.Sample
+	feedHour(newEngine(t, s, &rows), collector.Asset{Machine: "cnc-1"}, 20*time.Minute, 62*time.Minute)
+	if err := s.check(); err == nil {
+		t.Fatal("check hid the failed local copy")
+	}
+	fail = false
+	for i := 0; i < 2; i++ {
+		if err := s.check(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.q.Stats().Records; n != 1 {
+		t.Errorf("%d contributions queued, want 1", n)
+	}
+	machines := 0
+	for _, r := range local {
+		if r.Signal == "machines" {
+			machines++
+		}
+	}
+	if machines != 1 || len(local) < 2 {
+		t.Errorf("local rows %+v, want the contribution's rows once", local)
 	}
 }

@@ -274,8 +274,8 @@ func TestComposeFitsTogether(t *testing.T) {
 	if jsonDir == "" {
 		t.Fatalf("grafana: nothing mounted at the provider's path %s", prov.Providers[0].Options.Path)
 	}
-	if files, _ := filepath.Glob(filepath.Join("..", jsonDir, "*.json")); len(files) < 3 {
-		t.Errorf("grafana: %s holds %d dashboards, want 3", jsonDir, len(files))
+	if files, _ := filepath.Glob(filepath.Join("..", jsonDir, "*.json")); len(files) < 4 {
+		t.Errorf("grafana: %s holds %d dashboards, want 4", jsonDir, len(files))
 	}
 	home := graf.Environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
 	if rel, ok := strings.CutPrefix(home, prov.Providers[0].Options.Path+"/"); !ok {
