@@ -22,11 +22,13 @@ type Batch struct {
 //
 // Emit and Bad may be called from several goroutines at once.
 type Output interface {
-	// Emit normalises the batch and puts it into the queue. It blocks while
-	// the queue is full, and returns nil only once the samples are accepted:
-	// a source acknowledges its message to the peer after that and not
-	// before. It returns an error when ctx ends first.
-	Emit(ctx context.Context, b Batch) error
+	// Emit normalises the batches and puts them into the queue. It blocks
+	// while the queue is full, and returns nil only once the samples are
+	// accepted: a source acknowledges its messages to the peer after that
+	// and not before. It returns an error when ctx ends first. Several
+	// batches in one call cost one queue write, so a source with many
+	// small messages at hand should pass them together.
+	Emit(ctx context.Context, bs ...Batch) error
 	// Bad counts and logs input that could not be used. Reason is a short
 	// snake_case label (invalid_json, oversized, ...) used as a metric label.
 	Bad(reason string, err error)

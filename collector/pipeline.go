@@ -445,26 +445,22 @@ var recordPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return 
 
 var samplePool = sync.Pool{New: func() any { s := make([]Sample, 0, 16); return &s }}
 
-// Emit normalises b and appends the result to the queue. It returns once
-// the record is written, so the source may then acknowledge its message.
-func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
+// Emit normalises the batches and appends the result to the queue as one
+// record. It returns once the record is written, so the source may then
+// acknowledge its messages.
+func (r *sourceRunner) Emit(ctx context.Context, bs ...Batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r.messages.Inc()
-	if c, ok := r.origins.Load(b.Origin); ok {
-		c.(*atomic.Int64).Add(1)
-	} else if r.nOrigins.Load() < maxOrigins {
-		c, loaded := r.origins.LoadOrStore(b.Origin, new(atomic.Int64))
-		if !loaded {
-			r.nOrigins.Add(1)
-		}
-		c.(*atomic.Int64).Add(1)
-	}
+	r.messages.Add(float64(len(bs)))
 	pp := problemPool.Get().(*[]Problem)
 	sp := samplePool.Get().(*[]Sample)
 	defer func() { *sp = (*sp)[:0]; samplePool.Put(sp) }()
-	out, problems := r.norm.Normalize(b, (*sp)[:0], (*pp)[:0])
+	out, problems := (*sp)[:0], (*pp)[:0]
+	for _, b := range bs {
+		r.countOrigin(b.Origin)
+		out, problems = r.norm.Normalize(b, out, problems)
+	}
 	*sp = out
 	for _, pr := range problems {
 		r.Bad(pr.Reason, pr.Err)
@@ -487,6 +483,20 @@ func (r *sourceRunner) Emit(ctx context.Context, b Batch) error {
 		fn(r.name, out)
 	}
 	return nil
+}
+
+// countOrigin counts a message of origin, for the status page; beyond
+// maxOrigins new origins are not tracked.
+func (r *sourceRunner) countOrigin(origin string) {
+	if c, ok := r.origins.Load(origin); ok {
+		c.(*atomic.Int64).Add(1)
+	} else if r.nOrigins.Load() < maxOrigins {
+		c, loaded := r.origins.LoadOrStore(origin, new(atomic.Int64))
+		if !loaded {
+			r.nOrigins.Add(1)
+		}
+		c.(*atomic.Int64).Add(1)
+	}
 }
 
 // Bad counts and logs, rate-limited per reason, an input that was refused.

@@ -287,3 +287,47 @@ func TestPipelineCountsUnwritableSamples(t *testing.T) {
 		t.Errorf("%d write calls for one full batch, want 1: unwritable samples are not retried", sink.Calls())
 	}
 }
+
+// multiSource emits its messages in one Emit, as the MQTT source does with
+// the messages waiting in a worker's shard.
+type multiSource struct{ batches []collector.Batch }
+
+func (s *multiSource) Run(ctx context.Context, out collector.Output) error {
+	out.Connected(true, nil)
+	if err := out.Emit(ctx, s.batches...); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// TestPipelineEmitsSeveralBatchesAsOne: several batches in one Emit keep
+// their own origins (and so their assets), and count as messages each.
+func TestPipelineEmitsSeveralBatchesAsOne(t *testing.T) {
+	src := &multiSource{}
+	for i := range 3 {
+		src.batches = append(src.batches, collector.Batch{Origin: fmt.Sprintf("f/line-%d/m-%d/telemetry", i, i), Samples: []collector.Sample{
+			{Signal: "spindle_speed", Value: collector.Float(float64(i)), SourceTime: time.Unix(1, 0)},
+		}})
+	}
+	sink := &collectortest.Sink{}
+	p, reg := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 128, FlushInterval: 10 * time.Millisecond})
+	runUntil(t, p, func() error {
+		if n := len(sink.Samples()); n != 3 {
+			return fmt.Errorf("%d samples written", n)
+		}
+		return nil
+	})
+	for _, s := range sink.Samples() {
+		v, _ := s.Value.AsFloat()
+		if want := fmt.Sprintf("m-%d", int(v)); s.Asset.Machine != want || s.Asset.Line != fmt.Sprintf("line-%d", int(v)) {
+			t.Errorf("sample %v has asset %+v, want machine %s from its own topic", v, s.Asset, want)
+		}
+	}
+	if got := gather(t, reg, "shopfloor_source_messages_total"); got != 3 {
+		t.Errorf("messages %v, want 3", got)
+	}
+	if got := len(p.Origins()["src"]); got != 3 {
+		t.Errorf("%d origins, want 3", got)
+	}
+}

@@ -311,72 +311,154 @@ func (r *run) subscribe(client paho.Client, lost <-chan error) error {
 	return nil
 }
 
-// work decodes and emits the messages of one shard in order.
+// maxDrain bounds how many waiting messages a worker takes together, and
+// maxDrainBytes their payload, so one queue record stays small.
+const (
+	maxDrain      = 256
+	maxDrainBytes = 1 << 20
+)
+
+// lingerQoS0 is how long a worker holding only QoS 0 messages waits for
+// more before it writes them. Nobody waits for their ack, so a millisecond
+// costs no throughput and turns a queue write per message into one per
+// few dozen; a QoS 1 message ends the wait at once, because the broker
+// sends only a few before it has their PUBACKs.
+const lingerQoS0 = time.Millisecond
+
+// work decodes and emits the messages of one shard in order. Whatever is
+// waiting in the shard when the worker comes round is handled together:
+// one queue write and then all the acks, instead of a write per message.
 func (r *run) work(in <-chan paho.Message) {
 	var (
-		dec Decoder
-		buf []collector.Sample
+		dec  Decoder
+		h    handler
+		msgs []paho.Message
 	)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for r.ctx.Err() == nil {
 		select {
 		case <-r.ctx.Done():
 			return
 		case m := <-in:
-			buf = r.handle(&dec, m, buf[:0])
+			msgs = append(msgs[:0], m)
+			size, waitMore := len(m.Payload()), m.Qos() == 0
+			if waitMore {
+				linger.Reset(lingerQoS0)
+			}
+		drain:
+			for len(msgs) < maxDrain && size < maxDrainBytes {
+				var m paho.Message
+				if waitMore {
+					select {
+					case m = <-in:
+					case <-linger.C:
+						waitMore = false
+						continue
+					case <-r.ctx.Done():
+						break drain
+					}
+				} else {
+					select {
+					case m = <-in:
+					default:
+						break drain
+					}
+				}
+				msgs = append(msgs, m)
+				size += len(m.Payload())
+				if m.Qos() > 0 {
+					waitMore = false
+				}
+			}
+			linger.Stop()
+			r.handle(&dec, &h, msgs)
+			clear(msgs) // let the payloads go
 		}
 	}
 }
 
-// handle processes one message and acks it when it is done with it: emitted,
-// or counted as bad input (so the broker does not redeliver it forever). It
-// returns buf for reuse.
-func (r *run) handle(dec *Decoder, m paho.Message, buf []collector.Sample) []collector.Sample {
-	topic, payload := m.Topic(), m.Payload()
-	if len(payload) > r.s.cfg.MaxPayloadBytes {
-		r.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", topic, len(payload), r.s.cfg.MaxPayloadBytes))
-		m.Ack()
-		return buf
-	}
-	sub := r.s.match(topic)
-	if sub == nil {
-		// A persistent session keeps subscriptions from an older config
-		// until the broker forgets the client.
-		r.out.Bad(ReasonUnexpectedTopic, fmt.Errorf("topic %s matches no configured subscription (left over in the persistent session?)", topic))
-		m.Ack()
-		return buf
-	}
-	samples, err := dec.Decode(payload, sub.JSON, time.Now(), buf)
-	var partial ValueErrors
-	var whole *BadInputError
-	switch {
-	case err == nil:
-	case errors.As(err, &partial):
-		for _, e := range partial {
-			r.out.Bad(e.Reason, fmt.Errorf("topic %s: %w", topic, e))
+// handler is a worker's reusable scratch space.
+type handler struct {
+	samples []collector.Sample
+	spans   []span
+	batches []collector.Batch
+	acks    []paho.Message
+}
+
+// span is where one message's samples lie in handler.samples.
+type span struct {
+	origin     string
+	start, end int
+}
+
+// handle processes messages and acks each once it is done with it:
+// emitted, or counted as bad input (so the broker does not redeliver it
+// forever). Messages whose samples could not be queued are not acked.
+func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
+	h.samples, h.spans, h.acks = h.samples[:0], h.spans[:0], h.acks[:0]
+	for _, m := range msgs {
+		topic, payload := m.Topic(), m.Payload()
+		if len(payload) > r.s.cfg.MaxPayloadBytes {
+			r.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", topic, len(payload), r.s.cfg.MaxPayloadBytes))
+			m.Ack()
+			continue
 		}
-	case errors.As(err, &whole):
-		r.out.Bad(whole.Reason, fmt.Errorf("topic %s: %w", topic, whole))
-		m.Ack()
-		return buf
-	default:
-		r.out.Bad(ReasonInvalidJSON, fmt.Errorf("topic %s: %w", topic, err))
-		m.Ack()
-		return buf
-	}
-	if samples == nil {
-		samples = buf
-	}
-	if len(samples) > 0 {
-		if err := r.out.Emit(r.ctx, collector.Batch{Origin: topic, Samples: samples}); err != nil {
-			// Not acked: the broker redelivers it to the next session.
-			if r.ctx.Err() == nil {
-				r.stop(fmt.Errorf("%w: topic %s: %w", errEmitRefused, topic, err))
+		sub := r.s.match(topic)
+		if sub == nil {
+			// A persistent session keeps subscriptions from an older config
+			// until the broker forgets the client.
+			r.out.Bad(ReasonUnexpectedTopic, fmt.Errorf("topic %s matches no configured subscription (left over in the persistent session?)", topic))
+			m.Ack()
+			continue
+		}
+		start := len(h.samples)
+		samples, err := dec.Decode(payload, sub.JSON, time.Now(), h.samples)
+		var partial ValueErrors
+		var whole *BadInputError
+		switch {
+		case err == nil:
+		case errors.As(err, &partial):
+			for _, e := range partial {
+				r.out.Bad(e.Reason, fmt.Errorf("topic %s: %w", topic, e))
 			}
-			return samples
+		case errors.As(err, &whole):
+			r.out.Bad(whole.Reason, fmt.Errorf("topic %s: %w", topic, whole))
+			m.Ack()
+			continue
+		default:
+			r.out.Bad(ReasonInvalidJSON, fmt.Errorf("topic %s: %w", topic, err))
+			m.Ack()
+			continue
+		}
+		if samples != nil {
+			h.samples = samples
+		}
+		if len(h.samples) > start {
+			h.spans = append(h.spans, span{topic, start, len(h.samples)})
+		}
+		h.acks = append(h.acks, m)
+	}
+	if len(h.spans) > 0 {
+		// Batches are cut only now: h.samples may have moved while it grew.
+		h.batches = h.batches[:0]
+		for _, sp := range h.spans {
+			h.batches = append(h.batches, collector.Batch{Origin: sp.origin, Samples: h.samples[sp.start:sp.end]})
+		}
+		err := r.out.Emit(r.ctx, h.batches...)
+		clear(h.batches)
+		if err != nil {
+			// Not acked: the broker redelivers them to the next session.
+			if r.ctx.Err() == nil {
+				r.stop(fmt.Errorf("%w: topic %s: %w", errEmitRefused, h.spans[0].origin, err))
+			}
+			return
 		}
 	}
-	m.Ack()
-	return samples
+	for _, m := range h.acks {
+		m.Ack()
+	}
+	clear(h.acks)
 }
 
 // match finds the subscription a topic arrived for; the first that

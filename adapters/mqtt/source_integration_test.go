@@ -249,7 +249,7 @@ type blockingOutput struct {
 	entered atomic.Int32
 }
 
-func (o *blockingOutput) Emit(ctx context.Context, _ collector.Batch) error {
+func (o *blockingOutput) Emit(ctx context.Context, _ ...collector.Batch) error {
 	o.entered.Add(1)
 	<-ctx.Done()
 	return ctx.Err()

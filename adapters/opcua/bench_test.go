@@ -102,10 +102,12 @@ type countingOutput struct {
 	buf     []collector.Sample
 }
 
-func (o *countingOutput) Emit(_ context.Context, b collector.Batch) error {
+func (o *countingOutput) Emit(_ context.Context, bs ...collector.Batch) error {
 	o.mu.Lock()
-	o.buf, _ = o.norm.Normalize(b, o.buf[:0], nil)
-	o.samples.Add(int64(len(o.buf)))
+	for _, b := range bs {
+		o.buf, _ = o.norm.Normalize(b, o.buf[:0], nil)
+		o.samples.Add(int64(len(o.buf)))
+	}
 	o.mu.Unlock()
 	return nil
 }

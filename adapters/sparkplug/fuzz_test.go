@@ -82,9 +82,11 @@ type benchOutput struct {
 	samples  int
 }
 
-func (o *benchOutput) Emit(_ context.Context, b collector.Batch) error {
-	o.dst, o.problems = o.n.Normalize(b, o.dst[:0], o.problems[:0])
-	o.samples += len(o.dst)
+func (o *benchOutput) Emit(_ context.Context, bs ...collector.Batch) error {
+	for _, b := range bs {
+		o.dst, o.problems = o.n.Normalize(b, o.dst[:0], o.problems[:0])
+		o.samples += len(o.dst)
+	}
 	return nil
 }
 func (o *benchOutput) Bad(string, error)     {}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,6 +37,7 @@ type loadOptions struct {
 	unbounded, ceilings, backlog   bool
 	other                          string
 	stall                          time.Duration
+	cpuProfile                     string
 	dir                            string
 }
 
@@ -68,6 +70,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.backlog, "backlog", false, "keep InfluxDB down while publishing, then measure the drain (queue memory test)")
 	fs.StringVar(&o.other, "other", "", "also run this collector `command` (with MQTT_URL, INFLUX_URL, INFLUX_BUCKET, QOS in its environment) on the same load")
 	fs.DurationVar(&o.stall, "stall", 30*time.Second, "give up when no point arrives for this long")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the agent's CPU profile of the first 10 s under load to this `file` (go tool pprof reads it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -543,6 +546,16 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	start := time.Now()
 	pubDone := make(chan error, 1)
 	go func() { pubDone <- publish(ctx, o, mqttURL, &sent) }()
+	if isAgent && o.cpuProfile != "" {
+		profDone := make(chan struct{})
+		defer func() { <-profDone }()
+		go func() {
+			defer close(profDone)
+			if err := fetchProfile(httpURL, o.cpuProfile, 10); err != nil {
+				fmt.Fprintf(progress, "%s: cpu profile: %v\n", name, err)
+			}
+		}()
+	}
 	if o.backlog {
 		if err := <-pubDone; err != nil {
 			return r, err
@@ -603,6 +616,24 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		fmt.Fprintln(progress, r.Description)
 	}
 	return r, nil
+}
+
+// fetchProfile saves the agent's CPU profile of the next seconds.
+func fetchProfile(httpURL, path string, seconds int) error {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", httpURL, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
 }
 
 func countPoints(influxURL string) int {

@@ -23,8 +23,8 @@ type Output struct {
 
 var _ collector.Output = (*Output)(nil)
 
-// Emit records b.
-func (o *Output) Emit(ctx context.Context, b collector.Batch) error {
+// Emit records the batches.
+func (o *Output) Emit(ctx context.Context, bs ...collector.Batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -33,8 +33,10 @@ func (o *Output) Emit(ctx context.Context, b collector.Batch) error {
 	if o.EmitErr != nil {
 		return o.EmitErr
 	}
-	b.Samples = append([]collector.Sample(nil), b.Samples...)
-	o.batches = append(o.batches, b)
+	for _, b := range bs {
+		b.Samples = append([]collector.Sample(nil), b.Samples...)
+		o.batches = append(o.batches, b)
+	}
 	return nil
 }
 
