@@ -45,9 +45,12 @@ type OPCUAConfig struct {
 // OPCUAServer serves machines over OPC UA in an address space shaped like
 // the umati machine tool companion specification:
 // Objects/Machines/<machine>/<Variable>, with security None, and
-// Basic256Sha256 with Sign or SignAndEncrypt, anonymous or username login.
+// Basic256Sha256 with Sign or SignAndEncrypt, anonymous or username login
+// (any user name and password). The server is gopcua's, behind a relay
+// that works around its secure channel opening (see openRelay).
 type OPCUAServer struct {
 	srv      *server.Server
+	relay    *openRelay
 	ns       *server.NodeNameSpace
 	endpoint string
 	served   map[string]bool // machine names
@@ -103,15 +106,6 @@ func NewOPCUAServer(ctx context.Context, cfg OPCUAConfig, machines []Placed) (*O
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	port := cfg.Port
-	if port == 0 {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return nil, err
-		}
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-	}
 	cert, key, err := serverCertificate(cfg.Dir, host)
 	if err != nil {
 		return nil, err
@@ -120,8 +114,26 @@ func NewOPCUAServer(ctx context.Context, cfg OPCUAConfig, machines []Placed) (*O
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	// Clients connect to the relay (see openRelay) on the public address;
+	// gopcua's server listens on loopback behind it. It listens on its
+	// first endpoint and advertises both, but answers GetEndpoints and
+	// CreateSession with the endpoints of the URL the client asked for,
+	// so clients see only the public one.
+	public, err := net.Listen("tcp", net.JoinHostPort(host, fmt.Sprint(cfg.Port)))
+	if err != nil {
+		return nil, err
+	}
+	port := public.Addr().(*net.TCPAddr).Port
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		public.Close()
+		return nil, err
+	}
+	innerPort := inner.Addr().(*net.TCPAddr).Port
+	inner.Close()
 	srv := server.New(
 		server.SetLogger(logger),
+		server.EndPoint("127.0.0.1", innerPort),
 		server.EndPoint(host, port),
 		server.Certificate(cert),
 		server.PrivateKey(key),
@@ -160,8 +172,10 @@ func NewOPCUAServer(ctx context.Context, cfg OPCUAConfig, machines []Placed) (*O
 		}
 	}
 	if err := srv.Start(ctx); err != nil {
+		public.Close()
 		return nil, fmt.Errorf("simulator: start OPC UA server on %s: %w", s.endpoint, err)
 	}
+	s.relay = newOpenRelay(public, net.JoinHostPort("127.0.0.1", fmt.Sprint(innerPort)), cert, key, logger)
 	return s, nil
 }
 
@@ -171,8 +185,9 @@ func (s *OPCUAServer) Endpoint() string { return s.endpoint }
 // Close stops the server. gopcua's server waits up to ten seconds for
 // clients' channels to end; Close gives it two, so a demo stops promptly.
 func (s *OPCUAServer) Close() error {
+	rerr := s.relay.Close()
 	done := make(chan error, 1)
-	go func() { done <- s.srv.Close() }()
+	go func() { done <- errors.Join(rerr, s.srv.Close()) }()
 	select {
 	case err := <-done:
 		return err
