@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./adapters/sparkplug
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./adapters/opcua
 	$(GO) test -run '^$$' -fuzz '^FuzzParseContribution$$' -fuzztime $(FUZZTIME) ./collector/hub
+	$(GO) test -run '^$$' -fuzz '^FuzzLinesMatchLibrary$$' -fuzztime $(FUZZTIME) ./adapters/influxdb
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }

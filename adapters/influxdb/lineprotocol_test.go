@@ -272,3 +272,78 @@ func BenchmarkAppendLines(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1000, "ns/point")
 	b.SetBytes(int64(len(buf)))
 }
+
+// FuzzLinesMatchLibrary checks the hand-written encoder against
+// lineprotocol.Encoder, the reference: for any sample AppendLines accepts,
+// both write the same bytes; any sample it refuses, the library would
+// refuse too (or write something InfluxDB cannot take back unchanged).
+func FuzzLinesMatchLibrary(f *testing.F) {
+	f.Add("machine", "emmeloord", "l 1,=x", "mill-1", "cnc", "", "spindle speed", uint8(1), 1234.5, int64(-3), "", uint8(0), int64(1709649000123456789))
+	f.Add("machine", "", "", "mill-1", "", "", "program", uint8(4), 0.0, int64(0), "run \"ning\"\\\n\r\t", uint8(1), int64(1709649000123456789))
+	f.Add("kpi", "", "", "m", "", "1h", "oee", uint8(2), 0.0, int64(42), "", uint8(1), int64(0))
+	f.Add("a,b c", "s=1", "", "m\\x", "t", "", "x=y", uint8(4), math.Inf(1), int64(0), "ü", uint8(2), int64(-1))
+	f.Fuzz(func(t *testing.T, measurement, site, line, machine, typ, window, signal string, kind uint8, fv float64, iv int64, sv string, quality uint8, ns int64) {
+		s := collector.Sample{Asset: collector.Asset{Site: site, Line: line, Machine: machine}, MachineType: typ,
+			Signal: signal, Quality: collector.Quality(quality % 3), SourceTime: time.Unix(0, ns), Window: window}
+		switch kind % 5 {
+		case 1:
+			s.Value = collector.Float(fv)
+		case 2:
+			s.Value = collector.Int(iv)
+		case 3:
+			s.Value = collector.Bool(iv%2 == 0)
+		case 4:
+			s.Value = collector.String(sv)
+		}
+		got, n, err := AppendLines(nil, measurement, []collector.Sample{s})
+		if err != nil {
+			return // refused; the contract test covers the reasons
+		}
+		var e lineprotocol.Encoder
+		e.SetPrecision(lineprotocol.Nanosecond)
+		meas := measurement
+		if window != "" {
+			meas = DefaultKPIMeasurement
+		}
+		e.StartLine(meas)
+		for _, tag := range [][2]string{{"area", ""}, {"line", line}, {"machine", machine}, {"machine_type", typ}, {"site", site}, {"window", window}} {
+			if tag[1] != "" {
+				e.AddTag(tag[0], tag[1])
+			}
+		}
+		fields := 0
+		if s.Value.Kind() != collector.KindNone {
+			var v lineprotocol.Value
+			switch s.Value.Kind() {
+			case collector.KindFloat:
+				v, _ = lineprotocol.FloatValue(fv)
+			case collector.KindInt:
+				v = lineprotocol.IntValue(iv)
+			case collector.KindBool:
+				v = lineprotocol.BoolValue(iv%2 == 0)
+			case collector.KindString:
+				v, _ = lineprotocol.StringValue(sv)
+			}
+			e.AddField(signal, v)
+			fields++
+		}
+		if s.Quality != collector.QualityGood {
+			q, _ := lineprotocol.StringValue(s.Quality.String())
+			e.AddField(signal+"_quality", q)
+			fields++
+		}
+		if fields == 0 {
+			if n != 0 || len(got) != 0 {
+				t.Fatalf("no fields, but wrote %q", got)
+			}
+			return
+		}
+		e.EndLine(s.SourceTime)
+		if e.Err() != nil {
+			t.Fatalf("we wrote %q, the library refuses the sample: %v", got, e.Err())
+		}
+		if want := e.Bytes(); !bytes.Equal(got, want) {
+			t.Fatalf("encoder differs from lineprotocol.Encoder:\n got %q\nwant %q", got, want)
+		}
+	})
+}

@@ -62,17 +62,20 @@ func (v *View) Observe(source string, samples []collector.Sample) {
 	now := v.now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	var m *Machine // the machine of the previous sample: a message's samples share one
 	for i := range samples {
 		s := &samples[i]
 		if s.Window != "" || s.Asset.Machine == "" {
 			continue
 		}
-		m := v.machines[s.Asset]
-		if m == nil {
-			m = &Machine{Asset: s.Asset, Values: map[string]Value{}}
-			v.machines[s.Asset] = m
+		if m == nil || m.Asset != s.Asset {
+			m = v.machines[s.Asset]
+			if m == nil {
+				m = &Machine{Asset: s.Asset, Values: map[string]Value{}}
+				v.machines[s.Asset] = m
+			}
+			m.Source, m.LastSeen = source, now
 		}
-		m.Source, m.LastSeen = source, now
 		if s.MachineType != "" {
 			m.MachineType = s.MachineType
 		}
@@ -80,10 +83,11 @@ func (v *View) Observe(source string, samples []collector.Sample) {
 		if t.IsZero() {
 			t = s.ReceiveTime
 		}
-		if old, ok := m.Values[s.Signal]; ok && old.Time.After(t) {
+		old, ok := m.Values[s.Signal]
+		if ok && old.Time.After(t) {
 			continue // an older sample arriving late does not replace the last
 		}
-		if _, ok := m.Values[s.Signal]; ok || len(m.Values) < maxSignals {
+		if ok || len(m.Values) < maxSignals {
 			m.Values[s.Signal] = Value{Value: s.Value, Unit: s.Unit, Quality: s.Quality, Time: t, Seen: now}
 		}
 		if s.Signal == collector.SignalState {
