@@ -3,7 +3,9 @@ package opcua
 import (
 	"errors"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/config"
@@ -72,5 +74,29 @@ func TestExampleConfigLoads(t *testing.T) {
 	f := loadAgentFile(t, "opcua.yaml", data, map[string]string{"OPCUA_ENDPOINT": "opc.tcp://plc:4840"})
 	if got := f.Sources[0].OPCUA.Endpoint; got != "opc.tcp://plc:4840" {
 		t.Errorf("endpoint = %q, want it from OPCUA_ENDPOINT", got)
+	}
+}
+
+func TestBackfillKeysLoad(t *testing.T) {
+	const head = "sources:\n  - name: plc\n    opcua:\n      endpoint: opc.tcp://plc:4840\n      nodes: [{node_id: i=2258}]\n"
+	f := loadAgentFile(t, "on.yaml", []byte(head), nil)
+	if c := f.Sources[0].OPCUA; !c.BackfillEnabled() || c.BackfillMax != time.Hour {
+		t.Errorf("without the keys: backfill %v, backfill_max %s; want on, 1h", c.BackfillEnabled(), c.BackfillMax)
+	}
+	f = loadAgentFile(t, "off.yaml", []byte(head+"      backfill: false\n      backfill_max: ${MAX}\n"), map[string]string{"MAX": "15m"})
+	if c := f.Sources[0].OPCUA; c.BackfillEnabled() || c.BackfillMax != 15*time.Minute {
+		t.Errorf("backfill: false, backfill_max: 15m loaded as %v, %s", c.BackfillEnabled(), c.BackfillMax)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"      backfil: true\n", `backfil: unknown key; did you mean "backfill"?`},
+		{"      backfill: sometimes\n", "want"},
+		{"      backfill_max: 10\n", "backfill_max"},
+		{"      backfill_max: 500ms\n", "backfill_max: must be at least 1s"},
+	} {
+		var f agentFile
+		err := config.Parse("bad.yaml", []byte(head+tc.yaml), &f, func(string) (string, bool) { return "", false })
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one containing %q", tc.yaml, err, tc.want)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/noordoostpolder/shopfloor/collector/config"
 )
@@ -60,5 +61,29 @@ func TestConfigValidateReportsEveryProblemWithKeys(t *testing.T) {
 	dep.SetDefaults()
 	if err := dep.Validate(); err != nil {
 		t.Errorf("deprecated policy with allow_deprecated: %v", err)
+	}
+}
+
+func TestConfigBackfill(t *testing.T) {
+	c := Config{Endpoint: "opc.tcp://plc:4840", Nodes: []Node{{NodeID: "i=2258"}}}
+	c.SetDefaults()
+	if !c.BackfillEnabled() || c.Backfill == nil || !*c.Backfill || c.BackfillMax != DefaultBackfillMax {
+		t.Errorf("defaults: backfill %v, backfill_max %s; want on, %s", c.Backfill, c.BackfillMax, DefaultBackfillMax)
+	}
+	off := false
+	c = Config{Endpoint: "opc.tcp://plc:4840", Nodes: []Node{{NodeID: "i=2258"}}, Backfill: &off, BackfillMax: -time.Minute}
+	c.SetDefaults()
+	if c.BackfillEnabled() {
+		t.Error("backfill: false was turned on by the defaults")
+	}
+	var keys []string
+	for _, e := range config.Flatten(c.Validate()) {
+		var fe *config.FieldError
+		if errors.As(e, &fe) {
+			keys = append(keys, fe.Key)
+		}
+	}
+	if len(keys) != 1 || keys[0] != "backfill_max" {
+		t.Errorf("negative backfill_max: errors for %v, want backfill_max only", keys)
 	}
 }
