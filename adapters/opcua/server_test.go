@@ -30,6 +30,10 @@ type testServer struct {
 	values map[string]*ua.DataValue
 	// machines maps machine -> variable -> initial value.
 	machines map[string]map[string]any
+	// proxyPorts are more ports the server names among its endpoints:
+	// those of proxies in front of it. gopcua's server answers
+	// GetEndpoints and CreateSession only for URLs it names.
+	proxyPorts []int
 }
 
 func freePort(t testing.TB) int {
@@ -69,6 +73,18 @@ func startTestServer(t testing.TB, machines map[string]map[string]any) *testServ
 	return ts
 }
 
+// startTestServerBehindProxy starts a test server that the returned
+// proxy forwards to.
+func startTestServerBehindProxy(t testing.TB, machines map[string]map[string]any) (*testServer, *tcpProxy) {
+	t.Helper()
+	port := freePort(t)
+	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+	ts := &testServer{t: t, port: port, machines: machines, proxyPorts: []int{p.ln.Addr().(*net.TCPAddr).Port}}
+	ts.start()
+	t.Cleanup(ts.stop)
+	return ts, p
+}
+
 func (ts *testServer) endpoint() string { return fmt.Sprintf("opc.tcp://127.0.0.1:%d", ts.port) }
 
 func folder(nid *ua.NodeID, name string) *server.Node {
@@ -85,11 +101,15 @@ func folder(nid *ua.NodeID, name string) *server.Node {
 func (ts *testServer) start() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	srv := server.New(
+	opts := []server.Option{
 		server.EndPoint("127.0.0.1", ts.port),
 		server.EnableSecurity("None", ua.MessageSecurityModeNone),
 		server.EnableAuthMode(ua.UserTokenTypeAnonymous),
-	)
+	}
+	for _, p := range ts.proxyPorts {
+		opts = append(opts, server.EndPoint("127.0.0.1", p))
+	}
+	srv := server.New(opts...)
 	ns := server.NewNodeNameSpace(srv, "shopfloor-test")
 	root, _ := srv.Namespace(0)
 	objects := root.Objects()

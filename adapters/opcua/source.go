@@ -17,9 +17,11 @@ import (
 	"github.com/noordoostpolder/shopfloor/collector"
 )
 
-// closeTimeout bounds the goodbye (delete subscription, close session) on
-// shutdown, so a dead server cannot hold up the agent's drain.
-const closeTimeout = 5 * time.Second
+// closeTimeout bounds the whole goodbye (delete subscription, close
+// session), so a server that stopped answering cannot hold up the
+// agent's drain or a reconnect. A server that answers at all does so in
+// milliseconds; two seconds leave room for a slow link.
+const closeTimeout = 2 * time.Second
 
 // Source is an OPC UA source. It keeps what it learned across Run calls
 // (the previous subscription, the bad nodes), so a reconnect can take over
@@ -36,6 +38,9 @@ type Source struct {
 	// serverStart is the server's StartTime seen by the last Run; a
 	// different one means the server restarted and kept nothing of ours.
 	serverStart time.Time
+	// transferRefused is set when the server refused
+	// TransferSubscriptions: it is not asked again while the source lives.
+	transferRefused bool
 }
 
 var _ collector.Source = (*Source)(nil)
@@ -145,13 +150,40 @@ type run struct {
 	sub    *opcua.Subscription
 	notify chan *opcua.PublishNotificationData
 	buf    []collector.Sample
+	// dead is set when the connection is known not to answer any more
+	// (the watchdog read, or a goodbye request, timed out): the goodbye
+	// is not tried, or not further, since it could only wait.
+	dead bool
 }
+
+// errRedial ends a Run whose connection gopcua dropped for a reason that
+// is not an outage (a service fault): Run connects again at once,
+// without reporting the source down.
+var errRedial = errors.New("redial")
 
 // Run connects, resolves the nodes, subscribes (or polls) and delivers
 // batches until ctx ends (it then deletes its subscription, closes the
 // session and returns nil) or the connection breaks (it returns an error
 // naming the endpoint; the supervisor calls Run again).
 func (s *Source) Run(ctx context.Context, out collector.Output) error {
+	// Each redial follows a refusal the source then remembers, so there
+	// are few in a row; the bound keeps a mistake from turning into a
+	// busy loop.
+	const maxRedials = 3
+	for redials := 0; ; redials++ {
+		err := s.runOnce(ctx, out)
+		if !errors.Is(err, errRedial) {
+			return err
+		}
+		if redials == maxRedials {
+			err = fmt.Errorf("opcua %s: %w", s.cfg.Endpoint, err)
+			out.Connected(false, err)
+			return err
+		}
+	}
+}
+
+func (s *Source) runOnce(ctx context.Context, out collector.Output) error {
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -170,31 +202,13 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		return fail(err)
 	}
 	r := &run{s: s, out: out, c: c, byKey: map[string]*item{}}
-	defer func() {
-		// On a lost connection the goodbye cannot arrive; do not hold
-		// up the reconnect for it. The subscription id stays remembered
-		// for the next Run to take over.
-		up := c.State() == opcua.Connected
-		timeout := closeTimeout
-		if !up {
-			timeout = time.Second
-		}
-		cctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		// A service fault makes gopcua report the connection as lost
-		// while the channel still works, so the delete is tried anyway,
-		// only briefly.
-		if r.sub != nil {
-			if err := r.sub.Cancel(cctx); err == nil {
-				s.forgetSub(r.sub.SubscriptionID)
-			}
-		}
-		_ = c.Close(cctx)
-	}()
+	defer r.goodbye()
 	r.limits = readLimits(ctx, c, s.cfg.MaxItemsPerCall)
 
 	if s.cfg.Mode == ModeSubscribe {
-		r.takeOver(ctx)
+		if err := r.takeOver(ctx); err != nil {
+			return err
+		}
 	}
 	if err := r.resolveAll(ctx, s.cfg.Nodes, nil); err != nil {
 		if ctx.Err() != nil {
@@ -234,6 +248,9 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 			out.Connected(false, nil)
 			return nil
 		case st := <-stateCh:
+			// Not r.dead: gopcua reports a connection lost after a
+			// service fault too, while the channel still carries the
+			// goodbye; on a closed one the goodbye fails at once.
 			if st == opcua.Disconnected || st == opcua.Closed {
 				return r.ended(ctx, errors.New("connection lost"))
 			}
@@ -257,6 +274,32 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 	}
 }
 
+// goodbye deletes the subscription and closes the session, within
+// closeTimeout in all, and closes the connection. On a connection known
+// to be dead it sends nothing: each request could only wait for its
+// timeout, and waiting twice (delete, then close session) is what held
+// up every reconnect after a silent outage for twice request_timeout.
+// The subscription id stays remembered for the next Run to take over,
+// and the server expires the session after session_timeout.
+func (r *run) goodbye() {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	// gopcua reports the connection lost after a service fault although
+	// the channel still works, so its state does not decide; r.dead does.
+	if !r.dead && r.sub != nil {
+		if err := r.sub.Cancel(ctx); err == nil {
+			r.s.forgetSub(r.sub.SubscriptionID)
+		} else if isConnErr(err) {
+			r.dead = true // no answer to the delete: none to the close either
+		}
+	}
+	if r.dead || r.c.CloseSession(ctx) != nil {
+		// Close would send CloseSession again and wait once more.
+		_, _ = r.c.DetachSession(ctx)
+	}
+	_ = r.c.Close(ctx)
+}
+
 // watchdog reads the server's clock. A server that went away without
 // closing the TCP connection (a restart behind a NAT, a pulled cable)
 // leaves a subscription that is silent but not broken; this read notices.
@@ -267,6 +310,7 @@ func (r *run) watchdog(ctx context.Context) error {
 		NodeID: ua.NewNumericNodeID(0, id.Server_ServerStatus_CurrentTime), AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{},
 	}}})
 	if err != nil {
+		r.dead = true
 		return fmt.Errorf("connection lost: the server did not answer the watchdog read within %s: %w", r.s.cfg.RequestTimeout, err)
 	}
 	if res.ResponseHeader != nil && res.ResponseHeader.ServiceResult != ua.StatusOK {
@@ -279,6 +323,9 @@ func (r *run) ended(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		r.out.Connected(false, nil)
 		return nil
+	}
+	if errors.Is(err, errRedial) {
+		return err
 	}
 	err = fmt.Errorf("opcua %s: %w", r.s.cfg.Endpoint, err)
 	r.out.Connected(false, err)
@@ -315,22 +362,26 @@ func (s *Source) forgetSub(id uint32) {
 // takeOver moves the subscriptions an earlier session of ours may have
 // left on the server (the network dropped, the server kept the session)
 // into this session and deletes them, so that the server never holds
-// two subscriptions of this agent. A server that restarted, or one
-// without TransferSubscriptions, has nothing to take over.
-func (r *run) takeOver(ctx context.Context) {
+// two subscriptions of this agent. A server that restarted has nothing
+// to take over. One without TransferSubscriptions answers with a
+// service fault, on which gopcua drops the connection: the source notes
+// it, never asks that server again, and takeOver returns errRedial so
+// that Run connects afresh at once; the old subscription then ends with
+// its session, after session_timeout.
+func (r *run) takeOver(ctx context.Context) error {
 	start := serverStartTime(ctx, r.c)
 	r.s.mu.Lock()
 	ids := append([]uint32(nil), r.s.prevSubs...)
 	r.s.prevSubs = nil
 	same := !start.IsZero() && start.Equal(r.s.serverStart)
 	r.s.serverStart = start
+	refused := r.s.transferRefused
 	r.s.mu.Unlock()
-	// Only a server that kept running can hold our old subscription.
-	// Asking a restarted one is not just useless: a server without
-	// TransferSubscriptions answers with a service fault, and gopcua
-	// drops the connection on any service fault.
-	if len(ids) == 0 || !same {
-		return
+	// Only a server that kept running can hold our old subscription;
+	// asking a restarted one would be useless and could cost the
+	// connection.
+	if len(ids) == 0 || !same || refused {
+		return nil
 	}
 	var tres *ua.TransferSubscriptionsResponse
 	err := r.c.Send(ctx, &ua.TransferSubscriptionsRequest{SubscriptionIDs: ids}, func(v ua.Response) error {
@@ -341,9 +392,17 @@ func (r *run) takeOver(ctx context.Context) {
 		}
 		return nil
 	})
+	var sc ua.StatusCode
+	if errors.As(err, &sc) && !isConnErr(err) && ctx.Err() == nil {
+		r.s.mu.Lock()
+		r.s.transferRefused = true
+		r.s.mu.Unlock()
+		r.s.log.Info("the server does not take over subscriptions (TransferSubscriptions); after a gap, the old one ends with its session", "endpoint", r.s.cfg.Endpoint, "status", sc, "session_timeout", r.s.cfg.SessionTimeout)
+		return fmt.Errorf("TransferSubscriptions refused with %w; connecting again: %w", sc, errRedial)
+	}
 	if err != nil || tres == nil || tres.ResponseHeader.ServiceResult != ua.StatusOK {
 		r.s.log.Debug("no earlier subscription to take over", "ids", ids, "err", err)
-		return
+		return nil
 	}
 	var moved []uint32
 	for i, res := range tres.Results {
@@ -352,10 +411,11 @@ func (r *run) takeOver(ctx context.Context) {
 		}
 	}
 	if len(moved) == 0 {
-		return
+		return nil
 	}
 	_ = r.c.Send(ctx, &ua.DeleteSubscriptionsRequest{SubscriptionIDs: moved}, func(ua.Response) error { return nil })
 	r.s.log.Info("took over and deleted the subscription of an earlier session", "ids", moved)
+	return nil
 }
 
 // serverStartTime reads Server/ServerStatus/StartTime; zero when the

@@ -3,10 +3,13 @@ package opcua
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,7 +229,12 @@ func TestSourceShutdownDeletesSubscription(t *testing.T) {
 	if n := ts.subscriptions(); n != 1 {
 		t.Fatalf("%d subscriptions while running, want 1", n)
 	}
+	start := time.Now()
 	stop()
+	// On a link that answers, the goodbye is two round trips.
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("shutdown took %s, want well under a second", took)
+	}
 	collectortest.Eventually(t, 5*time.Second, func() error {
 		if n := ts.subscriptions(); n != 0 {
 			return fmt.Errorf("%d subscriptions left after shutdown", n)
@@ -281,5 +289,193 @@ func TestApplicationCertificateSurvivesRestart(t *testing.T) {
 		if fi, err := os.Stat(filepath.Join(dir, "opcua", d)); err != nil || !fi.IsDir() {
 			t.Errorf("pki folder %s missing: %v", d, err)
 		}
+	}
+}
+
+// superviseErrs is supervise that also returns what the Run calls
+// returned other than nil.
+func superviseErrs(t testing.TB, s *Source, out collector.Output) func() []error {
+	t.Helper()
+	var mu sync.Mutex
+	var errs []error
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			if err := s.Run(ctx, out); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return func() []error {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]error(nil), errs...)
+	}
+}
+
+// logRecorder keeps the messages a source logs, at every level.
+type logRecorder struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	msgs []string
+}
+
+func (l *logRecorder) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(logWriter{l}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type logWriter struct{ l *logRecorder }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.l.mu.Lock()
+	defer w.l.mu.Unlock()
+	w.l.msgs = append(w.l.msgs, string(p))
+	return w.l.buf.Write(p)
+}
+
+// count is how many log lines contain s.
+func (l *logRecorder) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.Contains(m, s) {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *logRecorder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// TestSourceServerWithoutTransferSubscriptions: gopcua's server has no
+// TransferSubscriptions and answers it with a service fault, on which
+// gopcua drops the connection. After a gap, the source asks once, logs
+// it, connects again at once, and does not ask again after the next gap;
+// live values flow throughout.
+func TestSourceServerWithoutTransferSubscriptions(t *testing.T) {
+	ts, p := startTestServerBehindProxy(t, defaultMachines())
+	logs := &logRecorder{}
+	s, err := New(Config{
+		Endpoint:           p.endpoint(),
+		PublishingInterval: 50 * time.Millisecond,
+		Nodes:              []Node{{Path: "Objects/Machines/cnc-01/SpindleSpeed"}},
+	}, t.TempDir(), logs.logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &collectortest.Output{}
+	runErrs := superviseErrs(t, s, out)
+	key := "Objects/Machines/cnc-01|SpindleSpeed"
+	for i := 1; i <= 3; i++ {
+		ts.set("cnc-01/SpindleSpeed", float64(i), ua.StatusOK)
+		waitFor(t, out, key, func(s collector.Sample) bool { return s.Value == collector.Float(float64(i)) })
+		if i < 3 {
+			// A gap while the server keeps running: the source would
+			// take over its old subscription.
+			p.cut(200 * time.Millisecond)
+		}
+	}
+	if n := logs.count("the server does not take over subscriptions"); n != 1 {
+		t.Errorf("logged the refusal %d times, want once (asked once, then never again):\n%s", n, logs.String())
+	}
+	for _, err := range runErrs() {
+		if strings.Contains(err.Error(), "TransferSubscriptions") || errors.Is(err, errRedial) {
+			t.Errorf("Run failed over the missing TransferSubscriptions: %v", err)
+		}
+	}
+}
+
+// TestSourceLostLinkEndsRunPromptly: when the link goes silent (the
+// server keeps the TCP connection but nothing arrives), the watchdog
+// notices within watchdog_interval + request_timeout, and Run returns
+// then, without first waiting on the dead link to delete the
+// subscription and close the session (which took another two request
+// timeouts).
+func TestSourceLostLinkEndsRunPromptly(t *testing.T) {
+	_, p := startTestServerBehindProxy(t, defaultMachines())
+	cfg := Config{
+		Endpoint:           p.endpoint(),
+		PublishingInterval: 50 * time.Millisecond,
+		WatchdogInterval:   200 * time.Millisecond,
+		RequestTimeout:     time.Second,
+		Nodes:              []Node{{Path: "Objects/Machines/cnc-01/SpindleSpeed"}},
+	}
+	s := newTestSource(t, cfg, "")
+	out := &collectortest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, out) }()
+	waitFor(t, out, "Objects/Machines/cnc-01|SpindleSpeed", nil)
+	p.silence(time.Minute)
+	silenced := time.Now()
+	select {
+	case err := <-done:
+		took := time.Since(silenced)
+		if err == nil || !strings.Contains(err.Error(), "watchdog") {
+			t.Errorf("Run = %v, want the watchdog's connection lost", err)
+		}
+		if bound := cfg.WatchdogInterval + cfg.RequestTimeout + 700*time.Millisecond; took > bound {
+			t.Errorf("Run returned %s after the link went silent, want within %s", took, bound)
+		}
+		t.Logf("Run returned %s after the link went silent", took.Round(time.Millisecond))
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not notice the silent link within 15s")
+	}
+}
+
+// TestSourceShutdownPromptOnSilentLink: shutting down while the link is
+// silent but not yet found dead, the goodbye (delete the subscription,
+// close the session) gives up after closeTimeout in all, whatever the
+// request_timeout.
+func TestSourceShutdownPromptOnSilentLink(t *testing.T) {
+	_, p := startTestServerBehindProxy(t, defaultMachines())
+	s := newTestSource(t, Config{
+		Endpoint:           p.endpoint(),
+		PublishingInterval: 50 * time.Millisecond,
+		Nodes:              []Node{{Path: "Objects/Machines/cnc-01/State"}},
+	}, "")
+	out := &collectortest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, out) }()
+	waitFor(t, out, "Objects/Machines/cnc-01|State", nil)
+	p.silence(time.Minute)
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		took := time.Since(start)
+		if err != nil {
+			t.Errorf("Run = %v after cancel, want nil", err)
+		}
+		if took > closeTimeout+time.Second {
+			t.Errorf("Run returned %s after cancel, want within closeTimeout %s", took, closeTimeout)
+		}
+		t.Logf("Run returned %s after cancel on a silent link (request_timeout %s)", took.Round(time.Millisecond), DefaultRequestTimeout)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return within 15s after cancel")
 	}
 }
