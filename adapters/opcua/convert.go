@@ -7,6 +7,7 @@ import (
 	"math"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gopcua/opcua/ua"
@@ -234,6 +235,29 @@ func enumFromValues(v *ua.Variant) enumNames {
 		return nil
 	}
 	return m
+}
+
+// unitFromEU returns the display name of an EngineeringUnits property
+// (an EUInformation): "kW", "°C", "mm/min". That is the spelling PLC
+// programmers choose and the collector's unit table knows; the UNECE
+// code beside it is not used. Empty when v holds no EUInformation.
+func unitFromEU(v *ua.Variant) string {
+	if v == nil {
+		return ""
+	}
+	var eu *ua.EUInformation
+	switch x := v.Value().(type) {
+	case *ua.ExtensionObject:
+		if x != nil {
+			eu, _ = x.Value.(*ua.EUInformation)
+		}
+	case *ua.EUInformation:
+		eu = x
+	}
+	if eu == nil || eu.DisplayName == nil {
+		return ""
+	}
+	return strings.TrimSpace(eu.DisplayName.Text)
 }
 
 // badReason classifies a status that means the node itself is unusable

@@ -128,3 +128,25 @@ func TestQuality(t *testing.T) {
 		}
 	}
 }
+
+func TestUnitFromEU(t *testing.T) {
+	eu := &ua.EUInformation{
+		NamespaceURI: "http://www.opcfoundation.org/UA/units/un/cefact",
+		UnitID:       4604232, // FAH
+		DisplayName:  &ua.LocalizedText{Text: " °F ", EncodingMask: ua.LocalizedTextText},
+		Description:  &ua.LocalizedText{Text: "degree Fahrenheit", EncodingMask: ua.LocalizedTextText},
+	}
+	for _, tc := range []struct {
+		v    *ua.Variant
+		want string
+	}{
+		{ua.MustVariant(ua.NewExtensionObject(eu)), "°F"},
+		{ua.MustVariant(ua.NewExtensionObject(&ua.EUInformation{UnitID: 4604232})), ""},
+		{ua.MustVariant("kW"), ""},
+		{nil, ""},
+	} {
+		if got := unitFromEU(tc.v); got != tc.want {
+			t.Errorf("unitFromEU(%v) = %q, want %q", tc.v, got, tc.want)
+		}
+	}
+}

@@ -16,9 +16,11 @@
 // override). Arrays expand into one sample per element, named
 // <name>_<i> with i counting from 1, which matches the collector's
 // per-axis names (joint_torque_nm_1 ...). Enumerations arrive as the
-// name from EnumStrings or EnumValues, ready for a states map. Status
-// codes become the sample's quality; a Bad value becomes a quality-only
-// sample so it is never mistaken for the last good one.
+// name from EnumStrings or EnumValues, ready for a states map. A
+// variable's EngineeringUnits (an AnalogItem) becomes Sample.Unit, which
+// normalisation converts to the canonical unit. Status codes become the
+// sample's quality; a Bad value becomes a quality-only sample so it is
+// never mistaken for the last good one.
 //
 // A node that does not exist or may not be read never stops the others:
 // it is counted through Output.Bad, listed by Source.BadNodes, and

@@ -8,9 +8,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +175,7 @@ var wantFields = map[string]string{
 	"part_count_good":   "integer",
 	"part_count_reject": "integer",
 	"power_w":           "float",
+	"temperature_c":     "float",
 	"energy_wh":         "float",
 	"program":           "string",
 	"cycle_time_s":      "float",
@@ -254,6 +257,15 @@ func checkInflux(t *testing.T, url, db string) {
 		if !strings.EqualFold(got, w.want) {
 			t.Errorf("%s %s = %s, want %s", w.machine, w.field, got, w.want)
 		}
+	}
+	// Temperature is an AnalogItem whose EngineeringUnits say °F; the
+	// mapping rule names no unit, so the source's unit is converted.
+	got, err := lastValue(url, db, "cnc-01", "temperature_c")
+	if err != nil {
+		t.Fatalf("temperature_c: %v", err)
+	}
+	if c, err := strconv.ParseFloat(got, 64); err != nil || math.Abs(c-100) > 1e-9 {
+		t.Errorf("cnc-01 temperature_c = %s, want 100 (212 °F converted)", got)
 	}
 }
 

@@ -134,6 +134,7 @@ type item struct {
 	origin  string
 	cfg     *Node
 	enums   enumNames
+	unit    string // the EngineeringUnits display name, empty if none
 	numeric bool
 	bad     bool
 	monID   uint32
@@ -560,20 +561,18 @@ func parseNodeID(s string, namespaces []string) (*ua.NodeID, error) {
 }
 
 // inspect reads each new item's value, data type and browse name: it
-// learns which exist, which are numeric (for deadbands), which are
-// enumerations, and the signal name of explicit ids.
+// learns which exist, which are numeric (for deadbands and engineering
+// units), which are enumerations, and the signal name of explicit ids.
 func (r *run) inspect(ctx context.Context, items []*item) error {
-	const attrsPer = 3
-	per := max(1, r.limits.read/attrsPer)
+	attrs := []ua.AttributeID{ua.AttributeIDValue, ua.AttributeIDDataType, ua.AttributeIDBrowseName}
+	per := max(1, r.limits.read/len(attrs))
 	for start := 0; start < len(items); start += per {
 		batch := items[start:min(len(items), start+per)]
 		req := &ua.ReadRequest{TimestampsToReturn: ua.TimestampsToReturnNeither}
 		for _, it := range batch {
-			req.NodesToRead = append(req.NodesToRead,
-				&ua.ReadValueID{NodeID: it.node, AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{}},
-				&ua.ReadValueID{NodeID: it.node, AttributeID: ua.AttributeIDDataType, DataEncoding: &ua.QualifiedName{}},
-				&ua.ReadValueID{NodeID: it.node, AttributeID: ua.AttributeIDBrowseName, DataEncoding: &ua.QualifiedName{}},
-			)
+			for _, a := range attrs {
+				req.NodesToRead = append(req.NodesToRead, &ua.ReadValueID{NodeID: it.node, AttributeID: a, DataEncoding: &ua.QualifiedName{}})
+			}
 		}
 		res, err := r.c.Read(ctx, req)
 		if err != nil {
@@ -582,10 +581,10 @@ func (r *run) inspect(ctx context.Context, items []*item) error {
 		if len(res.Results) != len(req.NodesToRead) {
 			return fmt.Errorf("read %d attributes: the server answered %d", len(req.NodesToRead), len(res.Results))
 		}
-		var enumCandidates []*item
-		var dataTypes []*ua.NodeID
+		var numbers []numberNode
 		for i, it := range batch {
-			v, dt, bn := res.Results[i*attrsPer], res.Results[i*attrsPer+1], res.Results[i*attrsPer+2]
+			got := res.Results[i*len(attrs) : (i+1)*len(attrs)]
+			v, dt, bn := got[0], got[1], got[2]
 			if reason := badReason(v.Status); reason != "" {
 				it.bad = true
 				r.s.markBad(r.out, it.cfgKey, reason, fmt.Errorf("node %s: %w", it.key, v.Status))
@@ -598,49 +597,78 @@ func (r *run) inspect(ctx context.Context, items []*item) error {
 					it.name = q.Name
 				}
 			}
-			if v.Value != nil {
-				switch v.Value.Type() {
-				case ua.TypeIDSByte, ua.TypeIDByte, ua.TypeIDInt16, ua.TypeIDUint16, ua.TypeIDInt32, ua.TypeIDUint32, ua.TypeIDInt64, ua.TypeIDUint64, ua.TypeIDFloat, ua.TypeIDDouble:
-					it.numeric = true
-				}
-				if v.Value.Type() == ua.TypeIDInt32 || v.Value.Type() == ua.TypeIDUint32 {
-					var dtID *ua.NodeID
-					if dt.Status == ua.StatusOK && dt.Value != nil {
-						dtID, _ = dt.Value.Value().(*ua.NodeID)
-					}
-					enumCandidates = append(enumCandidates, it)
-					dataTypes = append(dataTypes, dtID)
-				}
+			if v.Value == nil {
+				continue
 			}
+			switch v.Value.Type() {
+			case ua.TypeIDSByte, ua.TypeIDByte, ua.TypeIDInt16, ua.TypeIDUint16, ua.TypeIDInt32, ua.TypeIDUint32, ua.TypeIDInt64, ua.TypeIDUint64, ua.TypeIDFloat, ua.TypeIDDouble:
+				it.numeric = true
+			}
+			if !it.numeric {
+				continue
+			}
+			// Numbers may carry EngineeringUnits (an AnalogItem) and,
+			// Int32 and UInt32 ones, enumeration names.
+			n := numberNode{it: it, enum: v.Value.Type() == ua.TypeIDInt32 || v.Value.Type() == ua.TypeIDUint32}
+			if n.enum && dt.Status == ua.StatusOK && dt.Value != nil {
+				n.dataType, _ = dt.Value.Value().(*ua.NodeID)
+			}
+			numbers = append(numbers, n)
 		}
-		if err := r.readEnums(ctx, enumCandidates, dataTypes); err != nil {
+		if err := r.readProperties(ctx, numbers); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// readEnums looks for EnumStrings / EnumValues on each variable (a
-// MultiStateDiscrete) and on its data type (an enumeration type).
-func (r *run) readEnums(ctx context.Context, items []*item, dataTypes []*ua.NodeID) error {
-	if len(items) == 0 {
+// Property browse names readProperties looks for.
+const (
+	propEnumStrings      = "EnumStrings"
+	propEnumValues       = "EnumValues"
+	propEngineeringUnits = "EngineeringUnits"
+)
+
+// numberNode is a numeric variable whose properties are to be read.
+type numberNode struct {
+	it       *item
+	enum     bool       // Int32 or UInt32: may be an enumeration
+	dataType *ua.NodeID // its data type, when enum
+}
+
+// readProperties reads the properties of numeric variables: the
+// EngineeringUnits of an AnalogItem, EnumStrings / EnumValues of a
+// MultiStateDiscrete, and those of an enumeration data type.
+func (r *run) readProperties(ctx context.Context, numbers []numberNode) error {
+	if len(numbers) == 0 {
 		return nil
 	}
 	type probe struct {
-		it     *item
-		start  *ua.NodeID
-		values bool
+		it    *item
+		start *ua.NodeID
+		want  []string // in order of precedence
 	}
 	var probes []probe
-	for i, it := range items {
-		probes = append(probes, probe{it, it.node, false}, probe{it, it.node, true})
-		if dt := dataTypes[i]; dt != nil && !(dt.Namespace() == 0 && dt.IntID() <= 30) {
-			probes = append(probes, probe{it, dt, false}, probe{it, dt, true})
+	for _, n := range numbers {
+		want := []string{propEngineeringUnits}
+		if n.enum {
+			want = append(want, propEnumStrings, propEnumValues)
+		}
+		probes = append(probes, probe{n.it, n.it.node, want})
+		// A built-in data type (ns 0, up to i=30) has no names.
+		if dt := n.dataType; dt != nil && !(dt.Namespace() == 0 && dt.IntID() <= 30) {
+			probes = append(probes, probe{n.it, dt, []string{propEnumStrings, propEnumValues}})
 		}
 	}
 	// Browse for the properties rather than TranslateBrowsePaths: every
 	// server has Browse, and gopcua drops the connection on any service
 	// fault, so an unsupported service must not be asked.
+	type found struct {
+		it   *item
+		prop string
+		node *ua.NodeID
+	}
+	var props []found
 	per := max(1, r.limits.browse)
 	for start := 0; start < len(probes); start += per {
 		batch := probes[start:min(len(probes), start+per)]
@@ -657,41 +685,53 @@ func (r *run) readEnums(ctx context.Context, items []*item, dataTypes []*ua.Node
 		}
 		res, err := r.c.Browse(ctx, req)
 		if err != nil {
-			return fmt.Errorf("browse enumeration properties: %w", err)
+			return fmt.Errorf("browse properties of %d nodes: %w", len(batch), err)
 		}
-		read := &ua.ReadRequest{}
-		var owners []probe
 		for i, br := range res.Results {
 			if i >= len(batch) || br == nil || br.StatusCode != ua.StatusOK {
 				continue
 			}
-			want := "EnumStrings"
-			if batch[i].values {
-				want = "EnumValues"
-			}
-			for _, ref := range br.References {
-				if ref != nil && ref.BrowseName != nil && ref.BrowseName.Name == want && ref.NodeID != nil {
-					read.NodesToRead = append(read.NodesToRead, &ua.ReadValueID{NodeID: ref.NodeID.NodeID, AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{}})
-					owners = append(owners, batch[i])
-					break
+			for _, want := range batch[i].want {
+				for _, ref := range br.References {
+					if ref != nil && ref.BrowseName != nil && ref.BrowseName.Name == want && ref.NodeID != nil {
+						props = append(props, found{batch[i].it, want, ref.NodeID.NodeID})
+						break
+					}
 				}
 			}
 		}
-		if len(owners) == 0 {
-			continue
+	}
+	per = max(1, r.limits.read)
+	for start := 0; start < len(props); start += per {
+		batch := props[start:min(len(props), start+per)]
+		read := &ua.ReadRequest{TimestampsToReturn: ua.TimestampsToReturnNeither}
+		for _, p := range batch {
+			read.NodesToRead = append(read.NodesToRead, &ua.ReadValueID{NodeID: p.node, AttributeID: ua.AttributeIDValue, DataEncoding: &ua.QualifiedName{}})
 		}
 		vals, err := r.c.Read(ctx, read)
 		if err != nil {
-			return fmt.Errorf("read enumeration names: %w", err)
+			return fmt.Errorf("read %d properties: %w", len(batch), err)
 		}
 		for i, dv := range vals.Results {
-			if i >= len(owners) || dv == nil || dv.Status != ua.StatusOK || owners[i].it.enums != nil {
+			if i >= len(batch) || dv == nil || dv.Status != ua.StatusOK {
 				continue
 			}
-			if owners[i].values {
-				owners[i].it.enums = enumFromValues(dv.Value)
-			} else {
-				owners[i].it.enums = enumFromStrings(dv.Value)
+			// The first name found wins: the variable's own before its
+			// data type's, EnumStrings before EnumValues.
+			p := batch[i]
+			switch p.prop {
+			case propEngineeringUnits:
+				if p.it.unit == "" {
+					p.it.unit = unitFromEU(dv.Value)
+				}
+			case propEnumStrings:
+				if p.it.enums == nil {
+					p.it.enums = enumFromStrings(dv.Value)
+				}
+			case propEnumValues:
+				if p.it.enums == nil {
+					p.it.enums = enumFromValues(dv.Value)
+				}
 			}
 		}
 	}
@@ -862,9 +902,13 @@ func (r *run) emit(ctx context.Context, values []itemValue, now time.Time) error
 		if !seen {
 			origins = append(origins, it.origin)
 		}
+		n := len(g)
 		g, err := Convert(g, it.name, v.dv, it.enums, now)
 		if err != nil {
 			r.out.Bad(ReasonUnsupportedType, fmt.Errorf("opcua %s: node %s: %w", r.s.cfg.Endpoint, it.key, err))
+		}
+		for i := n; i < len(g); i++ {
+			g[i].Unit = it.unit
 		}
 		groups[it.origin] = g
 	}

@@ -5,12 +5,14 @@
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
-// built-in type. SpindleSpeed changes every 100 ms. It prints
-// "READY <port>" once it listens and stops on SIGTERM.
+// built-in type. SpindleSpeed changes every 100 ms; Temperature is an
+// AnalogItem in degrees Fahrenheit. It prints "READY <port>" once it
+// listens and stops on SIGTERM.
 "use strict";
 const {
   OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
   MessageSecurityMode, SecurityPolicy, nodesets, coerceNodeId, VariantArrayType,
+  standardUnits,
 } = require("node-opcua");
 
 function arg(name, def) {
@@ -70,6 +72,14 @@ async function main() {
   variable(cnc, "EnergyTotal", "Double", { dataType: DataType.Double, value: 123456.5 });
   variable(cnc, "ProgramName", "String", { dataType: DataType.String, value: "O1234" });
   variable(cnc, "LastCycleTime", "Double", { dataType: DataType.Double, value: 42.5 });
+  // An AnalogItem: its EngineeringUnits property says °F, which the
+  // agent converts to the canonical temperature_c (212 °F = 100 °C).
+  ns.addAnalogDataItem({
+    componentOf: cnc, browseName: "Temperature", dataType: "Double",
+    engineeringUnitsRange: { low: -40, high: 500 },
+    engineeringUnits: standardUnits.degree_fahrenheit,
+    value: new Variant({ dataType: DataType.Double, value: 212 }),
+  });
   const robot = ns.addFolder(machines, { browseName: "robot-01" });
   variable(robot, "TcpSpeed", "Double", { dataType: DataType.Double, value: 250 });
   variable(robot, "JointTorques", "Double", {
