@@ -31,8 +31,13 @@
 // paths again, takes over and deletes the subscription a half-dead
 // earlier session may have left (TransferSubscriptions), and creates the
 // monitored items afresh, whose first notifications re-read every value
-// after the gap. On shutdown Run deletes its subscription and closes the
-// session, so no orphans pile up on a PLC.
+// after the gap. Nodes that keep a history (Historizing, or the
+// HistoryRead access bit) are then back-filled: HistoryRead reads what
+// the server recorded since the newest value emitted for each, up to
+// backfill_max back; a value already emitted is not emitted again. A
+// server or node without history is skipped and not asked again. On
+// shutdown Run deletes its subscription and closes the session, within
+// two seconds, so no orphans pile up on a PLC.
 //
 // Security: policies None, Basic256Sha256, Aes128_Sha256_RsaOaep and
 // Aes256_Sha256_RsaPss (Basic128Rsa15 and Basic256 only with

@@ -32,6 +32,16 @@ const EnvNode = "SHOPFLOOR_NODE"
 // SignAndEncrypt with user/password login only.
 func nodeServer(t *testing.T, secure bool, user, password string) string {
 	t.Helper()
+	if secure {
+		return startNodeServer(t, "--secure", "--user", user, "--password", password)
+	}
+	return startNodeServer(t)
+}
+
+// startNodeServer starts testdata/nodeserver/server.js with extra
+// arguments (see its header) and returns its endpoint.
+func startNodeServer(t *testing.T, extra ...string) string {
+	t.Helper()
 	node := os.Getenv(EnvNode)
 	if node == "" {
 		t.Fatalf("%s is not set: run integration tests through deploy/scripts/testenv.sh, which installs node and node-opcua", EnvNode)
@@ -41,10 +51,7 @@ func nodeServer(t *testing.T, secure bool, user, password string) string {
 		t.Fatalf("node-opcua is not installed in %s (%v): run deploy/scripts/testenv.sh, which runs npm ci there", dir, err)
 	}
 	port := freePort(t)
-	args := []string{filepath.Join(dir, "server.js"), "--port", fmt.Sprint(port), "--pki", t.TempDir()}
-	if secure {
-		args = append(args, "--secure", "--user", user, "--password", password)
-	}
+	args := append([]string{filepath.Join(dir, "server.js"), "--port", fmt.Sprint(port), "--pki", t.TempDir()}, extra...)
 	cmd := exec.Command(node, args...)
 	cmd.Dir = dir
 	stdout, err := cmd.StdoutPipe()

@@ -30,6 +30,11 @@ type testServer struct {
 	values map[string]*ua.DataValue
 	// machines maps machine -> variable -> initial value.
 	machines map[string]map[string]any
+	// historizing names variables ("cnc-01/SpindleSpeed") whose
+	// Historizing attribute says true. gopcua's server has no
+	// HistoryRead: it answers every one with a service fault, as a
+	// server does whose history is switched off.
+	historizing map[string]bool
 	// proxyPorts are more ports the server names among its endpoints:
 	// those of proxies in front of it. gopcua's server answers
 	// GetEndpoints and CreateSession only for URLs it names.
@@ -74,12 +79,16 @@ func startTestServer(t testing.TB, machines map[string]map[string]any) *testServ
 }
 
 // startTestServerBehindProxy starts a test server that the returned
-// proxy forwards to.
-func startTestServerBehindProxy(t testing.TB, machines map[string]map[string]any) (*testServer, *tcpProxy) {
+// proxy forwards to; the historizing variables ("cnc-01/SpindleSpeed")
+// say they keep a history.
+func startTestServerBehindProxy(t testing.TB, machines map[string]map[string]any, historizing ...string) (*testServer, *tcpProxy) {
 	t.Helper()
 	port := freePort(t)
 	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
-	ts := &testServer{t: t, port: port, machines: machines, proxyPorts: []int{p.ln.Addr().(*net.TCPAddr).Port}}
+	ts := &testServer{t: t, port: port, machines: machines, proxyPorts: []int{p.ln.Addr().(*net.TCPAddr).Port}, historizing: map[string]bool{}}
+	for _, h := range historizing {
+		ts.historizing[h] = true
+	}
 	ts.start()
 	t.Cleanup(ts.stop)
 	return ts, p
@@ -142,6 +151,11 @@ func (ts *testServer) start() {
 			// AddNewVariableStringNode names the node by its id; the
 			// browse name must be the plain variable name.
 			n.SetBrowseName(name)
+			if ts.historizing[key] {
+				// gopcua v0.8.0 sets any attribute but Value and then
+				// returns BadNodeAttributesInvalid all the same.
+				_ = n.SetAttribute(ua.AttributeIDHistorizing, server.DataValueFromValue(true))
+			}
 			ts.vars[m+"/"+name] = n
 			mf.AddRef(n, id.HasComponent, true)
 		}

@@ -38,9 +38,25 @@ type Source struct {
 	// serverStart is the server's StartTime seen by the last Run; a
 	// different one means the server restarted and kept nothing of ours.
 	serverStart time.Time
+	// last is the newest source time emitted per node (by node id),
+	// carried from one Run to the next: where a back-fill starts, and
+	// what a re-read value after a reconnect is compared with.
+	last map[string]time.Time
+	// historyOff names the nodes whose HistoryRead the server refused;
+	// they are not asked again while the source lives.
+	historyOff map[string]bool
+	// historyRefused is set when the server refused the HistoryRead
+	// service itself: no back-fill is tried again while the source lives.
+	historyRefused bool
 	// transferRefused is set when the server refused
 	// TransferSubscriptions: it is not asked again while the source lives.
 	transferRefused bool
+	// downSince is when the connection was lost, zero while up.
+	downSince time.Time
+	// historyPerRead is NumValuesPerNode of each HistoryRead:
+	// historyValuesPerNode, lower in tests that follow continuation
+	// points.
+	historyPerRead uint32
 }
 
 var _ collector.Source = (*Source)(nil)
@@ -67,7 +83,8 @@ func New(cfg Config, dataDir string, logger *slog.Logger) (*Source, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Source{cfg: cfg, log: logger, pki: newPKI(dataDir, logger), bad: map[string]BadNode{}}
+	s := &Source{cfg: cfg, log: logger, pki: newPKI(dataDir, logger), bad: map[string]BadNode{},
+		last: map[string]time.Time{}, historyOff: map[string]bool{}, historyPerRead: historyValuesPerNode}
 	appURI := cfg.ApplicationURI
 	if appURI == "" {
 		appURI = defaultApplicationURI()
@@ -136,8 +153,17 @@ type item struct {
 	enums   enumNames
 	unit    string // the EngineeringUnits display name, empty if none
 	numeric bool
+	history bool // Historizing, or AccessLevel grants HistoryRead
 	bad     bool
 	monID   uint32
+
+	// prev is the newest source time emitted for this node before this
+	// Run (zero if none), last the newest so far, histEnd the newest
+	// emitted by this Run's back-fill. While window is set, a live value
+	// stamped within [prev, max(prev, histEnd)] was emitted already: the
+	// current value re-read at reconnection, or one the back-fill read.
+	prev, last, histEnd time.Time
+	window              bool
 }
 
 // run is the state of one Run call.
@@ -168,8 +194,8 @@ var errRedial = errors.New("redial")
 // naming the endpoint; the supervisor calls Run again).
 func (s *Source) Run(ctx context.Context, out collector.Output) error {
 	// Each redial follows a refusal the source then remembers, so there
-	// are few in a row; the bound keeps a mistake from turning into a
-	// busy loop.
+	// are at most two in a row (TransferSubscriptions, HistoryRead); the
+	// bound keeps a mistake from turning into a busy loop.
 	const maxRedials = 3
 	for redials := 0; ; redials++ {
 		err := s.runOnce(ctx, out)
@@ -184,10 +210,19 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 	}
 }
 
-func (s *Source) runOnce(ctx context.Context, out collector.Output) error {
+func (s *Source) runOnce(ctx context.Context, out collector.Output) (err error) {
 	if ctx.Err() != nil {
 		return nil
 	}
+	defer func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case err == nil || errors.Is(err, errRedial):
+		case s.downSince.IsZero():
+			s.downSince = time.Now()
+		}
+	}()
 	fail := func(err error) error {
 		err = fmt.Errorf("opcua %s: %w", s.cfg.Endpoint, err)
 		out.Connected(false, err)
@@ -203,6 +238,7 @@ func (s *Source) runOnce(ctx context.Context, out collector.Output) error {
 		return fail(err)
 	}
 	r := &run{s: s, out: out, c: c, byKey: map[string]*item{}}
+	defer r.saveLast()
 	defer r.goodbye()
 	r.limits = readLimits(ctx, c, s.cfg.MaxItemsPerCall)
 
@@ -229,6 +265,12 @@ func (s *Source) runOnce(ctx context.Context, out collector.Output) error {
 	}
 	out.Connected(true, nil)
 	s.log.Info("connected", "endpoint", s.cfg.Endpoint, "mode", s.cfg.Mode, "items", r.goodItems(), "bad", len(s.BadNodes()))
+	// Before the first poll and before any notification is handled:
+	// both would emit the current value and so move the start of the
+	// gap past the values the back-fill is to read.
+	if err := r.backfill(ctx); err != nil {
+		return r.ended(ctx, err)
+	}
 
 	retry := time.NewTicker(s.cfg.BadNodeRetry)
 	defer retry.Stop()
@@ -299,6 +341,17 @@ func (r *run) goodbye() {
 		_, _ = r.c.DetachSession(ctx)
 	}
 	_ = r.c.Close(ctx)
+}
+
+// saveLast hands the newest source time of every node to the next Run.
+func (r *run) saveLast() {
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	for _, it := range r.items {
+		if !it.last.IsZero() {
+			r.s.last[it.key] = it.last
+		}
+	}
 }
 
 // watchdog reads the server's clock. A server that went away without
@@ -435,7 +488,7 @@ func serverStartTime(ctx context.Context, c *opcua.Client) time.Time {
 // limits are the server's operation limits, already capped by the
 // config.
 type limits struct {
-	monitoredItems, read, browse int
+	monitoredItems, read, browse, historyRead int
 }
 
 func readLimits(ctx context.Context, c *opcua.Client, cfgMax int) limits {
@@ -443,11 +496,12 @@ func readLimits(ctx context.Context, c *opcua.Client, cfgMax int) limits {
 	if cfgMax > 0 {
 		def = cfgMax
 	}
-	l := limits{def, def, def}
+	l := limits{def, def, def, def}
 	ids := []uint32{
 		id.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
 		id.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
 		id.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+		id.Server_ServerCapabilities_OperationLimits_MaxNodesPerHistoryReadData,
 	}
 	req := &ua.ReadRequest{TimestampsToReturn: ua.TimestampsToReturnNeither}
 	for _, i := range ids {
@@ -457,7 +511,7 @@ func readLimits(ctx context.Context, c *opcua.Client, cfgMax int) limits {
 	if err != nil || len(res.Results) != len(ids) {
 		return l
 	}
-	dst := []*int{&l.monitoredItems, &l.read, &l.browse}
+	dst := []*int{&l.monitoredItems, &l.read, &l.browse, &l.historyRead}
 	for i, dv := range res.Results {
 		if dv == nil || dv.Status != ua.StatusOK || dv.Value == nil {
 			continue
@@ -526,6 +580,10 @@ func (r *run) add(fresh []*item, it *item) []*item {
 	if _, dup := r.byKey[it.key]; dup {
 		return fresh
 	}
+	r.s.mu.Lock()
+	it.prev = r.s.last[it.key]
+	r.s.mu.Unlock()
+	it.last, it.window = it.prev, !it.prev.IsZero()
 	r.byKey[it.key] = it
 	r.items = append(r.items, it)
 	return append(fresh, it)
@@ -560,11 +618,13 @@ func parseNodeID(s string, namespaces []string) (*ua.NodeID, error) {
 	return ua.ParseNodeID(s)
 }
 
-// inspect reads each new item's value, data type and browse name: it
-// learns which exist, which are numeric (for deadbands and engineering
-// units), which are enumerations, and the signal name of explicit ids.
+// inspect reads each new item's value, data type, browse name, access
+// level and Historizing attribute: it learns which exist, which are
+// numeric (for deadbands and engineering units), which are enumerations,
+// which keep a history (for back-fill), and the signal name of explicit
+// ids.
 func (r *run) inspect(ctx context.Context, items []*item) error {
-	attrs := []ua.AttributeID{ua.AttributeIDValue, ua.AttributeIDDataType, ua.AttributeIDBrowseName}
+	attrs := []ua.AttributeID{ua.AttributeIDValue, ua.AttributeIDDataType, ua.AttributeIDBrowseName, ua.AttributeIDAccessLevel, ua.AttributeIDHistorizing}
 	per := max(1, r.limits.read/len(attrs))
 	for start := 0; start < len(items); start += per {
 		batch := items[start:min(len(items), start+per)]
@@ -584,7 +644,7 @@ func (r *run) inspect(ctx context.Context, items []*item) error {
 		var numbers []numberNode
 		for i, it := range batch {
 			got := res.Results[i*len(attrs) : (i+1)*len(attrs)]
-			v, dt, bn := got[0], got[1], got[2]
+			v, dt, bn, al, hz := got[0], got[1], got[2], got[3], got[4]
 			if reason := badReason(v.Status); reason != "" {
 				it.bad = true
 				r.s.markBad(r.out, it.cfgKey, reason, fmt.Errorf("node %s: %w", it.key, v.Status))
@@ -595,6 +655,15 @@ func (r *run) inspect(ctx context.Context, items []*item) error {
 			if it.cfg.NodeID != "" && it.cfg.Signal == "" && bn.Status == ua.StatusOK && bn.Value != nil {
 				if q, ok := bn.Value.Value().(*ua.QualifiedName); ok && q.Name != "" {
 					it.name = q.Name
+				}
+			}
+			it.history = false
+			if hz.Status == ua.StatusOK && hz.Value != nil {
+				it.history, _ = hz.Value.Value().(bool)
+			}
+			if al.Status == ua.StatusOK && al.Value != nil {
+				if lvl, ok := asInt(al.Value.Value()); ok && lvl&int64(ua.AccessLevelTypeHistoryRead) != 0 {
+					it.history = true
 				}
 			}
 			if v.Value == nil {
@@ -870,7 +939,7 @@ func (r *run) handle(ctx context.Context, n *opcua.PublishNotificationData) erro
 		}
 		values = append(values, itemValue{r.items[mi.ClientHandle], mi.Value})
 	}
-	return r.emit(ctx, values, now)
+	return r.emit(ctx, values, now, false)
 }
 
 type itemValue struct {
@@ -879,24 +948,37 @@ type itemValue struct {
 }
 
 // emit converts values and emits them grouped by origin, in first-seen
-// order, so that every batch has one asset.
-func (r *run) emit(ctx context.Context, values []itemValue, now time.Time) error {
+// order, so that every batch has one asset. history marks values read by
+// the back-fill: they say nothing about the node's state now, so they
+// neither mark it bad nor good.
+func (r *run) emit(ctx context.Context, values []itemValue, now time.Time, history bool) error {
 	var origins []string
 	groups := map[string][]collector.Sample{}
+	type stamp struct {
+		it *item
+		t  time.Time
+	}
+	var stamps []stamp
 	for _, v := range values {
 		it := v.it
-		if v.dv != nil {
-			if reason := badReason(v.dv.Status); reason != "" {
-				if !it.bad {
-					it.bad = true
-					r.s.markBad(r.out, it.cfgKey, reason, fmt.Errorf("node %s: %w", it.key, v.dv.Status))
+		if !history {
+			if v.dv != nil {
+				if reason := badReason(v.dv.Status); reason != "" {
+					if !it.bad {
+						it.bad = true
+						r.s.markBad(r.out, it.cfgKey, reason, fmt.Errorf("node %s: %w", it.key, v.dv.Status))
+					}
+					continue
 				}
-				continue
+			}
+			if it.bad {
+				it.bad = false
+				r.s.markGood(it.cfgKey)
 			}
 		}
-		if it.bad {
-			it.bad = false
-			r.s.markGood(it.cfgKey)
+		t := sampleTime(v.dv, time.Time{})
+		if it.emitted(t, history) {
+			continue
 		}
 		g, seen := groups[it.origin]
 		if !seen {
@@ -911,6 +993,9 @@ func (r *run) emit(ctx context.Context, values []itemValue, now time.Time) error
 			g[i].Unit = it.unit
 		}
 		groups[it.origin] = g
+		if !t.IsZero() {
+			stamps = append(stamps, stamp{it, t})
+		}
 	}
 	for _, o := range origins {
 		if len(groups[o]) == 0 {
@@ -923,7 +1008,45 @@ func (r *run) emit(ctx context.Context, values []itemValue, now time.Time) error
 			return fmt.Errorf("the collector refused a batch: %w", err)
 		}
 	}
+	// Only what the collector took counts as emitted.
+	for _, st := range stamps {
+		if st.t.After(st.it.last) {
+			st.it.last = st.t
+		}
+		if history && st.t.After(st.it.histEnd) {
+			st.it.histEnd = st.t
+		}
+	}
 	return nil
+}
+
+// emitted reports whether a value stamped t was emitted already, so that
+// a reconnect adds no duplicates: a back-fill value no newer than what
+// the previous connection emitted or than what this back-fill emitted,
+// or a live value within the window the previous connection and the
+// back-fill covered (the current value re-read at reconnection, or one
+// the back-fill read). The first live value outside the window closes
+// it: from then on the server's live values are taken as they come, even
+// one from a clock set back. A value without a timestamp is never a
+// duplicate.
+func (it *item) emitted(t time.Time, history bool) bool {
+	switch {
+	case t.IsZero():
+		return false
+	case history:
+		return !t.After(it.prev) || !t.After(it.histEnd)
+	case !it.window:
+		return false
+	}
+	end := it.prev
+	if it.histEnd.After(end) {
+		end = it.histEnd
+	}
+	if !t.Before(it.prev) && !t.After(end) {
+		return true
+	}
+	it.window = false
+	return false
 }
 
 // poll reads every good item once, in batches within MaxNodesPerRead.
@@ -951,7 +1074,7 @@ func (r *run) poll(ctx context.Context) error {
 				values = append(values, itemValue{it, res.Results[i]})
 			}
 		}
-		if err := r.emit(ctx, values, time.Now()); err != nil {
+		if err := r.emit(ctx, values, time.Now(), false); err != nil {
 			return err
 		}
 	}

@@ -368,13 +368,15 @@ func (l *logRecorder) String() string {
 	return l.buf.String()
 }
 
-// TestSourceServerWithoutTransferSubscriptions: gopcua's server has no
-// TransferSubscriptions and answers it with a service fault, on which
-// gopcua drops the connection. After a gap, the source asks once, logs
-// it, connects again at once, and does not ask again after the next gap;
-// live values flow throughout.
-func TestSourceServerWithoutTransferSubscriptions(t *testing.T) {
-	ts, p := startTestServerBehindProxy(t, defaultMachines())
+// TestSourceServerWithoutHistoryRead: a variable says it is historizing,
+// but the server has no HistoryRead at all and answers with a service
+// fault (gopcua's server; a PLC whose history is switched off). After a
+// gap the source asks once, logs it, connects again without reporting
+// an outage, and neither asks again nor fails after the next gap; live
+// values flow throughout. gopcua's server has no TransferSubscriptions
+// either, which takes the same path.
+func TestSourceServerWithoutHistoryRead(t *testing.T) {
+	ts, p := startTestServerBehindProxy(t, defaultMachines(), "cnc-01/SpindleSpeed")
 	logs := &logRecorder{}
 	s, err := New(Config{
 		Endpoint:           p.endpoint(),
@@ -391,18 +393,36 @@ func TestSourceServerWithoutTransferSubscriptions(t *testing.T) {
 		ts.set("cnc-01/SpindleSpeed", float64(i), ua.StatusOK)
 		waitFor(t, out, key, func(s collector.Sample) bool { return s.Value == collector.Float(float64(i)) })
 		if i < 3 {
-			// A gap while the server keeps running: the source would
-			// take over its old subscription.
+			// A gap: the source reconnects and, having emitted values
+			// before, would back-fill.
 			p.cut(200 * time.Millisecond)
 		}
 	}
-	if n := logs.count("the server does not take over subscriptions"); n != 1 {
-		t.Errorf("logged the refusal %d times, want once (asked once, then never again):\n%s", n, logs.String())
+	for _, refusal := range []string{"the server refuses HistoryRead", "the server does not take over subscriptions"} {
+		if n := logs.count(refusal); n != 1 {
+			t.Errorf("logged %q %d times, want once (asked once, then never again):\n%s", refusal, n, logs.String())
+		}
 	}
 	for _, err := range runErrs() {
-		if strings.Contains(err.Error(), "TransferSubscriptions") || errors.Is(err, errRedial) {
-			t.Errorf("Run failed over the missing TransferSubscriptions: %v", err)
+		if strings.Contains(err.Error(), "HistoryRead") || errors.Is(err, errRedial) {
+			t.Errorf("Run failed over the missing HistoryRead: %v", err)
 		}
+	}
+	// Every outage reported is a Run that failed over the cut network.
+	// The redial after the HistoryRead refusal shows as one connection
+	// following another without an outage between them; the one after
+	// TransferSubscriptions comes before the source reports itself up.
+	states, errs := out.ConnectedStates(), runErrs()
+	downs, redials := 0, 0
+	for i, up := range states {
+		if !up {
+			downs++
+		} else if i > 0 && states[i-1] {
+			redials++
+		}
+	}
+	if downs != len(errs) || redials != 1 {
+		t.Errorf("connection states %v: %d outages for %d failed Runs (%v) and %d redials, want as many outages as failed Runs and one redial", states, downs, len(errs), errs, redials)
 	}
 }
 

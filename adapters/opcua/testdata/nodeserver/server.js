@@ -1,13 +1,17 @@
 // node-opcua server for the opcua adapter's interop tests: an OPC UA
 // implementation shopfloor did not write.
 //
-//   node server.js --port 4840 --pki /tmp/pki [--secure --user u --password p]
+//   node server.js --port 4840 --pki /tmp/pki [--secure --user u --password p] [--history]
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
 // built-in type. SpindleSpeed changes every 100 ms; Temperature is an
-// AnalogItem in degrees Fahrenheit. It prints "READY <port>" once it
-// listens and stops on SIGTERM.
+// AnalogItem in degrees Fahrenheit. --history adds
+// Objects/Machines/hist-01/Counter, a UInt32 that counts up every 100 ms
+// and whose every value the server keeps in its in-memory history for
+// HistoryRead, and hist-01/NoHistory, which says it is historizing but
+// has no history. It prints "READY <port>" once it listens and stops on
+// SIGTERM.
 "use strict";
 const {
   OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
@@ -28,6 +32,7 @@ async function main() {
   const secure = arg("secure", false) === true;
   const user = arg("user", "");
   const password = arg("password", "");
+  const history = arg("history", false) === true;
 
   const serverCertificateManager = new OPCUACertificateManager({
     rootFolder: pki,
@@ -116,10 +121,27 @@ async function main() {
   variable(types, "Broken", "Double", { dataType: DataType.Double, value: 0 }, StatusCodes.BadDeviceFailure);
   variable(types, "Doubtful", "Double", { dataType: DataType.Double, value: 3.5 }, StatusCodes.UncertainLastUsableValue);
 
-  let rpm = 12000;
+  let counter = null;
+  if (history) {
+    const hist = ns.addFolder(machines, { browseName: "hist-01" });
+    counter = variable(hist, "Counter", "UInt32", { dataType: DataType.UInt32, value: 0 });
+    // Sets Historizing and the HistoryRead access bit, and records
+    // every value set from now on.
+    as.installHistoricalDataNode(counter, { maxOnlineValues: 100000 });
+    // Claims a history no historian keeps, as servers do whose history
+    // is configured elsewhere: HistoryRead answers it per node with
+    // BadHistoryOperationUnsupported.
+    variable(hist, "NoHistory", "Double", { dataType: DataType.Double, value: 1.5 }).historizing = true;
+  }
+
+  let rpm = 12000, count = 0;
   const timer = setInterval(() => {
     rpm = rpm >= 12100 ? 12000 : rpm + 1;
     speed.setValueFromSource(new Variant({ dataType: DataType.Double, value: rpm }));
+    if (counter) {
+      count++;
+      counter.setValueFromSource(new Variant({ dataType: DataType.UInt32, value: count }));
+    }
   }, 100);
 
   await server.start();
