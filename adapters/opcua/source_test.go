@@ -376,6 +376,7 @@ func (l *logRecorder) String() string {
 // values flow throughout. gopcua's server has no TransferSubscriptions
 // either, which takes the same path.
 func TestSourceServerWithoutHistoryRead(t *testing.T) {
+	t.Parallel() // mostly waiting; runs beside the interop tests
 	ts, p := startTestServerBehindProxy(t, defaultMachines(), "cnc-01/SpindleSpeed")
 	logs := &logRecorder{}
 	s, err := New(Config{
@@ -470,6 +471,7 @@ func TestSourceLostLinkEndsRunPromptly(t *testing.T) {
 // close the session) gives up after closeTimeout in all, whatever the
 // request_timeout.
 func TestSourceShutdownPromptOnSilentLink(t *testing.T) {
+	t.Parallel() // mostly waiting; runs beside the interop tests
 	_, p := startTestServerBehindProxy(t, defaultMachines())
 	s := newTestSource(t, Config{
 		Endpoint:           p.endpoint(),
