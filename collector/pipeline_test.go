@@ -144,9 +144,9 @@ func TestPipelineDeliversEverythingAndRetries(t *testing.T) {
 	}
 }
 
-// A sink that refuses one message's samples (400, a field type conflict)
-// gets them isolated: they go to the dead-letter file with the reason and
-// everything else is written.
+// A sink that refuses one sample (400, a field type conflict) gets it
+// isolated, even from the other sample of its message: it goes to the
+// dead-letter file with the reason and everything else is written.
 func TestPipelineRefusedSamplesGoToDeadLetters(t *testing.T) {
 	src := &scriptedSource{n: 40}
 	poison := func(s collector.Sample) bool {
@@ -164,10 +164,10 @@ func TestPipelineRefusedSamplesGoToDeadLetters(t *testing.T) {
 	dead := t.TempDir()
 	p, reg := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 30, FlushInterval: 5 * time.Millisecond, DeadLetterDir: dead})
 	runUntil(t, p, func() error {
-		if got := gather(t, reg, "shopfloor_sink_dead_letter_samples_total"); got != 2 {
+		if got := gather(t, reg, "shopfloor_sink_dead_letter_samples_total"); got != 1 {
 			return fmt.Errorf("dead letters %v", got)
 		}
-		if n := len(sink.Samples()); n != 78 {
+		if n := len(sink.Samples()); n != 79 {
 			return fmt.Errorf("%d samples written", n)
 		}
 		return nil
@@ -185,8 +185,8 @@ func TestPipelineRefusedSamplesGoToDeadLetters(t *testing.T) {
 	if err := json.Unmarshal(b, &dl); err != nil {
 		t.Fatalf("dead-letter file %q: %v", b, err)
 	}
-	if !strings.Contains(dl.Reason, "field type conflict") || len(dl.Samples) != 2 || dl.Samples[0].Value != "17" || dl.Samples[0].Machine != "m-2" {
-		t.Errorf("dead letter %+v, want the two samples of message 17 with the reason", dl)
+	if !strings.Contains(dl.Reason, "field type conflict") || len(dl.Samples) != 1 || dl.Samples[0].Value != "17" || dl.Samples[0].Machine != "m-2" {
+		t.Errorf("dead letter %+v, want the refused sample of message 17 alone, with the reason", dl)
 	}
 	st := p.Status()
 	if last := st[len(st)-1]; !strings.Contains(last.LastError, "field type conflict") || !last.Up {

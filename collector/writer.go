@@ -121,9 +121,10 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 
 // send writes samples, whose records have the given sample counts, until
 // the sink has confirmed or refused every one of them. A refused batch is
-// split in halves until the refused records are found; they go to the
-// dead-letter file and the rest is written. It returns false only when ctx
-// ended first.
+// split in halves, by records and then, within a record (which may hold
+// several messages), by samples, until the refused samples are found;
+// they go to the dead-letter file and the rest is written. It returns
+// false only when ctx ended first.
 func (p *Pipeline) send(ctx context.Context, samples []Sample, weights []int) bool {
 	err := p.writeRetrying(ctx, samples)
 	if err == nil {
@@ -133,8 +134,12 @@ func (p *Pipeline) send(ctx context.Context, samples []Sample, weights []int) bo
 		return false
 	}
 	if len(weights) <= 1 {
-		p.deadLetter(samples, err)
-		return true
+		if len(samples) <= 1 {
+			p.deadLetter(samples, err)
+			return true
+		}
+		mid := len(samples) / 2
+		return p.send(ctx, samples[:mid], nil) && p.send(ctx, samples[mid:], nil)
 	}
 	mid, k := len(weights)/2, 0
 	for _, w := range weights[:mid] {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -66,6 +67,17 @@ type Config struct {
 	// Workers decode and emit messages in parallel. Messages are sharded
 	// by topic, so the messages of one topic keep their order.
 	Workers int `yaml:"workers"`
+	// Connections above 1 open that many connections, as client_id-1 ...
+	// client_id-N, each subscribing to every filter as a shared
+	// subscription ($share/<share_group>/<filter>), so the broker spreads
+	// the messages over them. A broker sends each connection only a few
+	// QoS 1 messages before their PUBACKs (Mosquitto: 20), which bounds
+	// what one connection can take; several take more. Messages of one
+	// topic may then be handled out of order (their timestamps keep
+	// them apart in the database).
+	Connections int `yaml:"connections"`
+	// ShareGroup names the shared subscription; empty means client_id.
+	ShareGroup string `yaml:"share_group"`
 	// TLS is used for the ssl, tls, mqtts and wss schemes.
 	TLS TLSConfig `yaml:"tls"`
 	// Subscriptions are the topic filters to read, at least one.
@@ -158,6 +170,36 @@ type JSONFormat struct {
 	Fields []string `yaml:"fields"`
 }
 
+// maxConnections bounds connections: each costs a session on the broker.
+const maxConnections = 64
+
+// clientIDs are the ids of the connections a Run opens.
+func (c Config) clientIDs() []string {
+	if c.Connections <= 1 {
+		return []string{c.ClientID}
+	}
+	ids := make([]string, c.Connections)
+	for i := range ids {
+		ids[i] = connectionID(c.ClientID, i+1)
+	}
+	return ids
+}
+
+func connectionID(clientID string, n int) string { return clientID + "-" + strconv.Itoa(n) }
+
+// filters maps each subscription's topic to the filter subscribed: itself,
+// or with several connections its shared form.
+func (c Config) filters() map[string]string {
+	m := make(map[string]string, len(c.Subscriptions))
+	for _, s := range c.Subscriptions {
+		m[s.Topic] = s.Topic
+		if c.Connections > 1 {
+			m[s.Topic] = "$share/" + c.ShareGroup + "/" + s.Topic
+		}
+	}
+	return m
+}
+
 // SetDefaults fills unset values. It is idempotent, so New can call it
 // again on a config the loader already defaulted.
 func (c *Config) SetDefaults() {
@@ -172,6 +214,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Workers == 0 {
 		c.Workers = DefaultWorkers
+	}
+	if c.Connections == 0 {
+		c.Connections = 1
+	}
+	if c.ShareGroup == "" {
+		c.ShareGroup = c.ClientID
 	}
 	for i := range c.Subscriptions {
 		s := &c.Subscriptions[i]
@@ -241,6 +289,22 @@ func (c Config) Validate() error {
 	}
 	if c.Workers < 1 || c.Workers > 1024 {
 		errs = append(errs, config.Invalid("workers", "must be between 1 and 1024, got %d", c.Workers))
+	}
+	if c.Connections < 1 || c.Connections > maxConnections {
+		errs = append(errs, config.Invalid("connections", "must be between 1 and %d, got %d", maxConnections, c.Connections))
+	}
+	if c.Connections > 1 {
+		if c.ClientID == "" {
+			errs = append(errs, config.Invalid("client_id", "is required with connections above 1: the connections are client_id-1 ... client_id-N"))
+		}
+		if c.ShareGroup == "" || strings.ContainsAny(c.ShareGroup, "/+#") {
+			errs = append(errs, config.Invalid("share_group", "must be a name without /, + or # (it defaults to client_id), got %q", c.ShareGroup))
+		}
+		for i, sub := range c.Subscriptions {
+			if strings.HasPrefix(sub.Topic, "$share/") {
+				errs = append(errs, config.Invalid(config.Index("subscriptions", i)+".topic", "%q is already a shared subscription; with connections above 1 the agent shares every filter itself (share_group)", sub.Topic))
+			}
+		}
 	}
 	if len(c.Subscriptions) == 0 {
 		errs = append(errs, config.Invalid("subscriptions", "needs at least one topic filter"))

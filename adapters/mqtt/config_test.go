@@ -75,6 +75,13 @@ func TestValidate(t *testing.T) {
 			c.MaxPayloadBytes = -1
 			c.Workers = -1
 		}, keys: []string{"keep_alive", "connect_timeout", "max_payload_bytes", "workers"}},
+		{name: "valid connections", modify: func(c *Config) { c.Connections = 4 }},
+		{name: "too many connections", modify: func(c *Config) { c.Connections = 65 }, keys: []string{"connections"}, msg: "between 1 and 64"},
+		{name: "connections need a client id", modify: func(c *Config) { c.Connections, c.ClientID, c.CleanSession = 2, "", true },
+			keys: []string{"client_id", "share_group"}, msg: "client_id-1"},
+		{name: "bad share group", modify: func(c *Config) { c.Connections, c.ShareGroup = 2, "a/b" }, keys: []string{"share_group"}, msg: "without /"},
+		{name: "already shared", modify: func(c *Config) { c.Connections, c.Subscriptions[0].Topic = 2, "$share/g/a/b" },
+			keys: []string{"subscriptions[0].topic"}, msg: "already a shared subscription"},
 		{name: "every problem at once", modify: func(c *Config) {
 			c.URL = ""
 			c.Subscriptions = append(c.Subscriptions, Subscription{Topic: "x/#/y", QoS: qos(2), JSON: JSONFormat{TimeFormat: "bad"}})

@@ -39,8 +39,9 @@ var errEmitRefused = errors.New("the collector refused a batch")
 // and emits the decoded samples of each message, acknowledging the message
 // to the broker only once the collector accepted them.
 type Source struct {
-	cfg Config
-	log *slog.Logger
+	cfg      Config
+	log      *slog.Logger
+	stateDir string
 }
 
 var _ collector.Source = (*Source)(nil)
@@ -48,7 +49,7 @@ var _ collector.Source = (*Source)(nil)
 // New checks cfg (after applying its defaults) and the TLS files it names,
 // so a broken config fails at start-up rather than at the first connect.
 // A nil logger discards.
-func New(cfg Config, logger *slog.Logger) (*Source, error) {
+func New(cfg Config, logger *slog.Logger, opts ...Option) (*Source, error) {
 	// Own copies, so a caller that reuses its Config cannot change a
 	// running source.
 	cfg.Subscriptions = append([]Subscription(nil), cfg.Subscriptions...)
@@ -74,7 +75,11 @@ func New(cfg Config, logger *slog.Logger) (*Source, error) {
 	if cfg.CleanSession {
 		logger.Info("clean_session is true: messages published while the agent is away are lost", "url", cfg.URL)
 	}
-	return &Source{cfg: cfg, log: logger}, nil
+	s := &Source{cfg: cfg, log: logger}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // tlsConfig reads the certificate files; nil for plain-text schemes.
@@ -112,16 +117,18 @@ func (t TLSConfig) Build(rawURL string) (*tls.Config, error) {
 	return tc, nil
 }
 
-// run is the state of one Run call: one connection, its workers.
+// run is the state of one Run call: its connections and workers.
 type run struct {
-	s    *Source
-	out  collector.Output
-	ctx  context.Context // ends when Run ends for any reason
-	stop context.CancelCauseFunc
+	s      *Source
+	out    collector.Output
+	ctx    context.Context // ends when Run ends for any reason
+	stop   context.CancelCauseFunc
+	tls    *tls.Config
+	shards []chan paho.Message
 }
 
 // Run connects, subscribes and delivers messages until ctx ends (it then
-// returns nil) or the connection breaks (it returns an error naming the
+// returns nil) or a connection breaks (it returns an error naming the
 // broker). It never reconnects by itself: the supervisor calls Run again,
 // and every Run subscribes afresh, so a new connection is never left
 // without its subscriptions.
@@ -139,26 +146,90 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 
 	runCtx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	r := &run{s: s, out: out, ctx: runCtx, stop: stop}
-
-	shards := make([]chan paho.Message, s.cfg.Workers)
+	r := &run{s: s, out: out, ctx: runCtx, stop: stop, tls: tlsCfg, shards: make([]chan paho.Message, s.cfg.Workers)}
 	var workers sync.WaitGroup
-	for i := range shards {
-		shards[i] = make(chan paho.Message, shardDepth)
-		workers.Go(func() { r.work(shards[i]) })
+	for i := range r.shards {
+		r.shards[i] = make(chan paho.Message, shardDepth)
+		workers.Go(func() { r.work(r.shards[i]) })
 	}
 	lost := make(chan error, 1)
+	onLost := func(err error) {
+		select {
+		case lost <- err:
+		default:
+		}
+	}
 
+	// finish stops the workers before disconnecting, so the acks of
+	// messages they completed still go out ahead of the DISCONNECT.
+	var clients []paho.Client
+	var retiring sync.WaitGroup
+	finish := func(err error) error {
+		stop(err)
+		retiring.Wait()
+		workers.Wait()
+		for _, c := range clients {
+			if c.IsConnectionOpen() {
+				c.Disconnect(disconnectQuiesce)
+			}
+		}
+		out.Connected(false, err)
+		return err
+	}
+
+	filters := s.cfg.filters()
+	for _, id := range s.cfg.clientIDs() {
+		c, _, err := r.connect(ctx, id, s.cfg.CleanSession, nil, onLost)
+		if err != nil {
+			if ctx.Err() != nil {
+				return finish(nil)
+			}
+			return finish(fmt.Errorf("%s: %w", broker, err))
+		}
+		clients = append(clients, c)
+		if err := r.subscribe(c, lost, filters); err != nil {
+			if ctx.Err() != nil {
+				return finish(nil)
+			}
+			return finish(fmt.Errorf("%s: client %s: %w", broker, id, err))
+		}
+	}
+	out.Connected(true, nil)
+	s.log.Info("connected and subscribed", "url", s.cfg.URL, "topics", len(s.cfg.Subscriptions), "connections", len(clients))
+	// Beside the live connections, so taking over an old session's
+	// backlog does not hold up new messages.
+	retiring.Go(func() { r.retireSessions(runCtx) })
+
+	select {
+	case <-ctx.Done():
+		s.log.Debug("stopping", "url", s.cfg.URL)
+		return finish(nil)
+	case err := <-lost:
+		return finish(fmt.Errorf("%s: connection lost: %w", broker, err))
+	case <-runCtx.Done():
+		if ctx.Err() != nil {
+			return finish(nil) // ctx ended: runCtx ended with it
+		}
+		// A worker stopped the run: Emit failed while ctx was alive.
+		return finish(fmt.Errorf("%s: %w", broker, context.Cause(runCtx)))
+	}
+}
+
+// connect opens one connection as client id. Its messages go to the
+// shards, through wrap when it is set. It reports whether the broker still
+// had a session for id.
+func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho.Message) paho.Message, onLost func(error)) (paho.Client, bool, error) {
+	cfg := r.s.cfg
 	opts := paho.NewClientOptions().
-		AddBroker(s.cfg.URL).
-		SetClientID(s.cfg.ClientID).
-		SetUsername(s.cfg.Username).
-		SetPassword(s.cfg.Password.Reveal()).
-		SetCleanSession(s.cfg.CleanSession).
+		AddBroker(cfg.URL).
+		SetClientID(id).
+		SetUsername(cfg.Username).
+		SetPassword(cfg.Password.Reveal()).
+		SetCleanSession(clean).
 		SetProtocolVersion(4).
-		SetKeepAlive(s.cfg.KeepAlive).
-		SetConnectTimeout(s.cfg.ConnectTimeout).
-		SetWriteTimeout(s.cfg.ConnectTimeout).
+		SetKeepAlive(cfg.KeepAlive).
+		SetConnectTimeout(cfg.ConnectTimeout).
+		SetWriteTimeout(cfg.ConnectTimeout).
 		// The supervisor owns reconnecting, with its backoff and
 		// metrics; paho retrying underneath would hide outages.
 		SetAutoReconnect(false).
@@ -174,32 +245,19 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		// A persistent session may deliver queued messages before the
 		// SUBACK; the default handler takes them like any other.
 		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
-			enqueue(runCtx, c, shards[shardOf(m.Topic(), len(shards))], m)
-		}).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			select {
-			case lost <- err:
-			default:
+			if wrap != nil {
+				m = wrap(m)
 			}
+			enqueue(r.ctx, c, r.shards[shardOf(m.Topic(), len(r.shards))], m)
 		})
-	if tlsCfg != nil {
-		opts.SetTLSConfig(tlsCfg)
+	if onLost != nil {
+		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { onLost(err) })
+	}
+	if r.tls != nil {
+		opts.SetTLSConfig(r.tls)
 	}
 	client := paho.NewClient(opts)
-
-	// finish stops the workers before disconnecting, so the acks of
-	// messages they completed still go out ahead of the DISCONNECT.
-	finish := func(err error, connected bool) error {
-		stop(err)
-		workers.Wait()
-		if connected {
-			client.Disconnect(disconnectQuiesce)
-		}
-		out.Connected(false, err)
-		return err
-	}
-
-	s.log.Debug("connecting", "url", s.cfg.URL, "client_id", s.cfg.ClientID, "clean_session", s.cfg.CleanSession)
+	r.s.log.Debug("connecting", "url", cfg.URL, "client_id", id, "clean_session", clean)
 	tok := client.Connect()
 	select {
 	case <-tok.Done():
@@ -210,31 +268,13 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 			tok.Wait()
 			client.Disconnect(0)
 		}()
-		return finish(nil, false)
+		return nil, false, ctx.Err()
 	}
 	if err := tok.Error(); err != nil {
-		return finish(fmt.Errorf("%s: connect: %w%s", broker, err, connectHint(err)), false)
+		return nil, false, fmt.Errorf("client %s: connect: %w%s", id, err, connectHint(err))
 	}
-
-	if err := r.subscribe(client, lost); err != nil {
-		if ctx.Err() != nil {
-			return finish(nil, true)
-		}
-		return finish(fmt.Errorf("%s: %w", broker, err), true)
-	}
-	out.Connected(true, nil)
-	s.log.Info("connected and subscribed", "url", s.cfg.URL, "topics", len(s.cfg.Subscriptions))
-
-	select {
-	case <-ctx.Done():
-		s.log.Debug("stopping", "url", s.cfg.URL)
-		return finish(nil, true)
-	case err := <-lost:
-		return finish(fmt.Errorf("%s: connection lost: %w", broker, err), false)
-	case <-runCtx.Done():
-		// A worker stopped the run: Emit failed while ctx was alive.
-		return finish(fmt.Errorf("%s: %w", broker, context.Cause(runCtx)), true)
-	}
+	ct, _ := tok.(*paho.ConnectToken)
+	return client, ct != nil && ct.SessionPresent(), nil
 }
 
 // enqueue hands m to its worker. It blocks while the worker's queue is
@@ -266,14 +306,15 @@ func enqueue(ctx context.Context, c paho.Client, shard chan<- paho.Message, m pa
 
 // subscribe sends one SUBSCRIBE for every filter and checks each return
 // code, so a filter the broker's ACL refuses fails the run loudly instead
-// of leaving a connection that receives nothing.
-func (r *run) subscribe(client paho.Client, lost <-chan error) error {
+// of leaving a connection that receives nothing. filters maps each
+// subscription's topic to the filter subscribed.
+func (r *run) subscribe(client paho.Client, lost <-chan error, filters map[string]string) error {
 	subs := r.s.cfg.Subscriptions
-	filters := make(map[string]byte, len(subs))
+	req := make(map[string]byte, len(subs))
 	for _, sub := range subs {
-		filters[sub.Topic] = byte(*sub.QoS)
+		req[filters[sub.Topic]] = byte(*sub.QoS)
 	}
-	tok := client.SubscribeMultiple(filters, nil)
+	tok := client.SubscribeMultiple(req, nil)
 	timer := time.NewTimer(r.s.cfg.ConnectTimeout)
 	defer timer.Stop()
 	select {
@@ -295,13 +336,14 @@ func (r *run) subscribe(client paho.Client, lost <-chan error) error {
 	granted := st.Result()
 	var refused []string
 	for _, sub := range subs {
-		code, ok := granted[sub.Topic]
+		f := filters[sub.Topic]
+		code, ok := granted[f]
 		switch {
 		case !ok || code == subackFailure:
-			refused = append(refused, sub.Topic)
+			refused = append(refused, f)
 		case code < byte(*sub.QoS):
 			r.s.log.Warn("broker granted a lower QoS than asked: messages may be lost while the agent is away",
-				"topic", sub.Topic, "asked", *sub.QoS, "granted", code)
+				"topic", f, "asked", *sub.QoS, "granted", code)
 		}
 	}
 	if len(refused) > 0 {

@@ -118,7 +118,9 @@ func newSource(sc SourceConfig, dataDir string, logger *slog.Logger) (collector.
 	case sc.OPCUA != nil:
 		return opcua.New(*sc.OPCUA, dataDir, logger)
 	}
-	return mqtt.New(*sc.MQTT, logger)
+	// The record of its broker sessions lets a changed config retire the
+	// ones it no longer uses.
+	return mqtt.New(*sc.MQTT, logger, mqtt.WithStateDir(filepath.Join(dataDir, "mqtt", sc.Name)))
 }
 
 // badNodeReporter is a source that can name the nodes it cannot read (the

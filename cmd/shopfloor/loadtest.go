@@ -38,6 +38,7 @@ type loadOptions struct {
 	other                          string
 	stall                          time.Duration
 	cpuProfile                     string
+	agentConns                     int
 	dir                            string
 }
 
@@ -63,6 +64,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.messages, "messages", 200000, "messages in all; one message is one point")
 	fs.IntVar(&o.qos, "qos", 1, "MQTT QoS of publisher and agent, 0 or 1")
 	fs.IntVar(&o.conns, "connections", 4, "publisher connections")
+	fs.IntVar(&o.agentConns, "agent-connections", 4, "the agent's MQTT connections (sources[].mqtt.connections)")
 	fs.StringVar(&o.mosquitto, "mosquitto", os.Getenv("SHOPFLOOR_MOSQUITTO"), "the mosquitto `binary` (default $SHOPFLOOR_MOSQUITTO or PATH)")
 	fs.StringVar(&o.influxd, "influxd", os.Getenv("SHOPFLOOR_INFLUXD"), "the influxd 1.8 `binary` (default $SHOPFLOOR_INFLUXD or PATH)")
 	fs.BoolVar(&o.unbounded, "unbounded-broker", false, "lift Mosquitto's queue limits (default: its defaults, as a real broker has them)")
@@ -74,8 +76,8 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 {
-		fmt.Fprintln(stderr, "shopfloor loadtest: need --qos 0 or 1, --machines >= 1, --messages >= machines, --connections >= 1")
+	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 || o.agentConns < 1 {
+		fmt.Fprintln(stderr, "shopfloor loadtest: need --qos 0 or 1, --machines >= 1, --messages >= machines, --connections >= 1, --agent-connections >= 1")
 		return exitUsage
 	}
 	for _, b := range []*string{&o.mosquitto, &o.influxd} {
@@ -111,8 +113,8 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 }
 
 func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
-	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s\n", o.machines, o.messages, o.qos,
-		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded])
+	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s, agent MQTT connections %d\n", o.machines, o.messages, o.qos,
+		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded], o.agentConns)
 	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss")
 	f := func(v float64, prec int) string {
 		if v < 0 {
@@ -484,6 +486,7 @@ sources:
     mqtt:
       url: ${MQTT_URL}
       client_id: shopfloor-loadtest
+      connections: ${AGENT_CONNECTIONS}
       subscriptions:
         - topic: factory/+/+/telemetry
           qos: ${QOS}
@@ -520,7 +523,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	}
 	httpPort, _ := freePort("127.0.0.1:0")
 	httpURL := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	procEnv := append(os.Environ(), "MQTT_URL="+mqttURL, "INFLUX_URL="+influxURL, "INFLUX_BUCKET=loadtest", "QOS="+strconv.Itoa(o.qos),
+	procEnv := append(os.Environ(), "AGENT_CONNECTIONS="+strconv.Itoa(o.agentConns), "MQTT_URL="+mqttURL, "INFLUX_URL="+influxURL, "INFLUX_BUCKET=loadtest", "QOS="+strconv.Itoa(o.qos),
 		"SHOPFLOOR_HTTP="+strings.TrimPrefix(httpURL, "http://"), "SHOPFLOOR_DATA_DIR="+filepath.Join(dir, "data"))
 	for i, a := range args {
 		args[i] = strings.ReplaceAll(a, "{config}", cfgPath)

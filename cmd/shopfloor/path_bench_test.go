@@ -73,6 +73,9 @@ func BenchmarkMessagePath(b *testing.B) {
 }
 
 // telemetryPayload is one message of the example's shape: topic, payload.
+// samplesPerTelemetry is how many samples one telemetryPayload becomes.
+const samplesPerTelemetry = 7
+
 func telemetryPayload(line, machine string, ts int64, i int) [2]string {
 	states := []string{"running", "idle", "setup"}
 	return [2]string{

@@ -62,7 +62,7 @@ func TestDatabaseDownForAMinute(t *testing.T) {
 		collectortest.Publish(t, pub, msgs...)
 		time.Sleep(time.Second) // a steady flow through the outage
 	}
-	agent.waitMetric("shopfloor_queue_records", total, 30*time.Second, "sink=influxdb")
+	agent.waitMetric("shopfloor_queue_samples", total*samplesPerTelemetry, 30*time.Second, "sink=influxdb")
 	if code, body := agent.get("/readyz"); code == 200 || !strings.Contains(body, "sink influxdb: down") || !strings.Contains(body, "samples queued") {
 		t.Errorf("/readyz during the outage: %d %s; want 503 naming the sink, how long and how much is queued", code, body)
 	}
@@ -141,7 +141,7 @@ func TestCorruptQueueTail(t *testing.T) {
 		msgs[i] = oneField("cnc-1", i)
 	}
 	collectortest.Publish(t, collectortest.Publisher(t, broker.URL()), msgs...)
-	agent.waitMetric("shopfloor_queue_records", n, 30*time.Second, "sink=influxdb")
+	agent.waitMetric("shopfloor_queue_samples", n, 30*time.Second, "sink=influxdb")
 	agent.stop()
 
 	// Half a record header and some garbage, as a power cut leaves it.
