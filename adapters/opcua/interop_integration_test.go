@@ -351,3 +351,41 @@ func TestInteropBrowseNodeOPCUA(t *testing.T) {
 	}
 	_ = f
 }
+
+// TestInteropNodeOPCUAAesPolicies connects with each of the two Aes
+// security policies, SignAndEncrypt and a user login (whose password is
+// encrypted with the policy's asymmetric algorithm: RSA-OAEP with SHA-1
+// for Aes128_Sha256_RsaOaep, with SHA-256 for Aes256_Sha256_RsaPss) to a
+// node-opcua server that offers just these two, and reads values and
+// their engineering units.
+func TestInteropNodeOPCUAAesPolicies(t *testing.T) {
+	t.Parallel()
+	policies := []string{PolicyAes128Sha256RsaOaep, PolicyAes256Sha256RsaPss}
+	endpoint := startNodeServer(t, "--policy", strings.Join(policies, ","), "--user", "operator", "--password", "s3cret")
+	for _, policy := range policies {
+		t.Run(policy, func(t *testing.T) {
+			s := newTestSource(t, Config{
+				Endpoint:           endpoint,
+				SecurityPolicy:     policy,
+				SecurityMode:       SecurityModeSignAndEncrypt,
+				Auth:               Auth{Username: "operator", Password: "s3cret"},
+				TrustOnFirstUse:    true,
+				PublishingInterval: 100 * time.Millisecond,
+				Nodes:              []Node{{Path: "Objects/Machines/cnc-01/*"}},
+			}, "")
+			out := &collectortest.Output{}
+			stop := supervise(t, s, out)
+			defer stop()
+			temp := waitFor(t, out, "Objects/Machines/cnc-01|Temperature", nil)
+			if temp.Value != collector.Float(212) || temp.Unit != "°F" {
+				t.Errorf("Temperature = %s %q, want 212 °F from its EngineeringUnits", temp.Value.Format(), temp.Unit)
+			}
+			speed := waitFor(t, out, "Objects/Machines/cnc-01|SpindleSpeed", nil)
+			if speed.Unit != "" {
+				t.Errorf("SpindleSpeed, which has no EngineeringUnits, has unit %q", speed.Unit)
+			}
+			// Values keep changing over the encrypted channel.
+			waitFor(t, out, "Objects/Machines/cnc-01|SpindleSpeed", func(s collector.Sample) bool { return s.Value != speed.Value })
+		})
+	}
+}

@@ -1,17 +1,20 @@
 // node-opcua server for the opcua adapter's interop tests: an OPC UA
 // implementation shopfloor did not write.
 //
-//   node server.js --port 4840 --pki /tmp/pki [--secure --user u --password p] [--history]
+//   node server.js --port 4840 --pki /tmp/pki
+//       [--secure | --policy Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss[,...]]
+//       [--user u --password p] [--history]
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
 // built-in type. SpindleSpeed changes every 100 ms; Temperature is an
-// AnalogItem in degrees Fahrenheit. --history adds
-// Objects/Machines/hist-01/Counter, a UInt32 that counts up every 100 ms
-// and whose every value the server keeps in its in-memory history for
-// HistoryRead, and hist-01/NoHistory, which says it is historizing but
-// has no history. It prints "READY <port>" once it listens and stops on
-// SIGTERM.
+// AnalogItem in degrees Fahrenheit. --secure is --policy Basic256Sha256:
+// an endpoint for each policy named, with SignAndEncrypt and
+// user/password login only. --history adds Objects/Machines/hist-01/Counter, a UInt32 that
+// counts up every 100 ms and whose every value the server keeps in its
+// in-memory history for HistoryRead, and hist-01/NoHistory, which says
+// it is historizing but has no history. It prints "READY <port>" once it
+// listens and stops on SIGTERM.
 "use strict";
 const {
   OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
@@ -29,7 +32,11 @@ function arg(name, def) {
 async function main() {
   const port = parseInt(arg("port", "4840"), 10);
   const pki = arg("pki", "./pki");
-  const secure = arg("secure", false) === true;
+  const policies = arg("policy", arg("secure", false) === true ? "Basic256Sha256" : "None").split(",");
+  for (const p of policies) {
+    if (!(p in SecurityPolicy)) throw new Error("unknown --policy " + p);
+  }
+  const secure = policies[0] !== "None";
   const user = arg("user", "");
   const password = arg("password", "");
   const history = arg("history", false) === true;
@@ -44,7 +51,7 @@ async function main() {
     nodeset_filename: [nodesets.standard],
     serverCertificateManager,
     securityModes: secure ? [MessageSecurityMode.SignAndEncrypt] : [MessageSecurityMode.None],
-    securityPolicies: secure ? [SecurityPolicy.Basic256Sha256] : [SecurityPolicy.None],
+    securityPolicies: policies.map((p) => SecurityPolicy[p]),
     allowAnonymous: !secure,
     userManager: {
       isValidUser: (u, p) => user !== "" && u === user && p === password,
