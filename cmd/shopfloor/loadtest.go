@@ -24,8 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/noordoostpolder/shopfloor/adapters/influxdb"
 	"github.com/noordoostpolder/shopfloor/collector"
 )
@@ -54,6 +52,39 @@ type loadResult struct {
 	P50, P99    float64 // seconds, -1 when not measured
 	Loss        int
 	Description string
+	// Cores is how many of the machine's cores were busy on average
+	// during the run (all processes), Broker how many Mosquitto used: a
+	// run that keeps the machine busy is bounded by CPU, not by a queue.
+	Cores, Broker float64
+}
+
+// busySeconds is the CPU time all processes have used since boot, from
+// /proc/stat (user, nice, system, irq, softirq, steal); -1 off Linux.
+func busySeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return -1
+	}
+	var busy float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		busy += v
+	}
+	return busy / 100 // USER_HZ
+}
+
+// measureCPU measures the machine's and the broker's CPU from now to done().
+func measureCPU(broker *proc) (done func(r *loadResult)) {
+	m0, b0, t0 := busySeconds(), broker.cpuSeconds(), time.Now()
+	return func(r *loadResult) {
+		wall := time.Since(t0).Seconds()
+		r.Cores, r.Broker = (busySeconds()-m0)/wall, (broker.cpuSeconds()-b0)/wall
+	}
 }
 
 func runLoadtest(args []string, stdout, stderr io.Writer) int {
@@ -115,7 +146,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
 	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s, agent MQTT connections %d\n", o.machines, o.messages, o.qos,
 		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded], o.agentConns)
-	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss")
+	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s %6s %7s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss", "cores", "broker")
 	f := func(v float64, prec int) string {
 		if v < 0 {
 			return "-"
@@ -123,7 +154,7 @@ func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
 		return strconv.FormatFloat(v, 'f', prec, 64)
 	}
 	for _, r := range rs {
-		fmt.Fprintf(w, "%-34s %10d %10.0f %12s %9s %8s %8s %8d\n", r.Path, r.Stored, r.PerSecond, f(r.CPUPer100k, 2), f(r.PeakRSSMiB, 1), f(r.P50, 3), f(r.P99, 3), r.Loss)
+		fmt.Fprintf(w, "%-34s %10d %10.0f %12s %9s %8s %8s %8d %6s %7s\n", r.Path, r.Stored, r.PerSecond, f(r.CPUPer100k, 2), f(r.PeakRSSMiB, 1), f(r.P50, 3), f(r.P99, 3), r.Loss, f(r.Cores, 2), f(r.Broker, 2))
 	}
 }
 
@@ -307,6 +338,9 @@ func (e *loadEnv) close() {
 	}
 }
 
+// loadFields is how many fields (samples) one load message carries.
+const loadFields = 6
+
 // message renders message i: 5 numbers and a string, one point.
 func message(o loadOptions, i int, ts int64) (string, []byte) {
 	m := i % o.machines
@@ -317,47 +351,40 @@ func message(o loadOptions, i int, ts int64) (string, []byte) {
 
 // publish sends o.messages at full speed over o.conns connections and
 // returns when the broker acknowledged them (QoS 1) or they were written
-// (QoS 0). Source timestamps are the publish time, unique per machine.
+// (QoS 0). Source timestamps are the publish time in milliseconds, moved
+// on by one where a machine already has that millisecond (InfluxDB keeps
+// one point per series and time), so latency is measured from the real
+// publish.
 func publish(ctx context.Context, o loadOptions, mqttURL string, sent *atomic.Int64) error {
-	base := time.Now().UnixMilli()
 	var wg sync.WaitGroup
 	errs := make(chan error, o.conns)
+	last := make([]atomic.Int64, o.machines) // per machine, its last timestamp
 	for c := 0; c < o.conns; c++ {
-		opts := paho.NewClientOptions().AddBroker(mqttURL).SetClientID(fmt.Sprintf("loadtest-pub-%d-%d", c, time.Now().UnixNano())).
-			SetCleanSession(true).SetAutoReconnect(false).SetMaxResumePubInFlight(1000).SetWriteTimeout(30 * time.Second)
-		client := paho.NewClient(opts)
-		if tok := client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			return fmt.Errorf("publisher connect: %v", tok.Error())
+		pub, err := dialLeanPublisher(mqttURL, fmt.Sprintf("loadtest-pub-%d-%d", c, time.Now().UnixNano()), byte(o.qos), sent)
+		if err != nil {
+			return fmt.Errorf("publisher connect: %w", err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer client.Disconnect(250)
-			var window []paho.Token
-			for i := c; i < o.messages; i += o.conns {
-				if ctx.Err() != nil {
+		wg.Go(func() {
+			for i := c; i < o.messages && ctx.Err() == nil; i += o.conns {
+				m := i % o.machines
+				var ts int64
+				for {
+					prev := last[m].Load()
+					if ts = max(time.Now().UnixMilli(), prev+1); last[m].CompareAndSwap(prev, ts) {
+						break
+					}
+				}
+				topic, payload := message(o, i, ts)
+				if err := pub.Publish(topic, payload); err != nil {
+					errs <- fmt.Errorf("publish: %w", err)
+					_ = pub.Close()
 					return
 				}
-				// Unique per machine: messages of one machine are o.machines apart.
-				ts := base + int64(i/o.machines)
-				topic, payload := message(o, i, ts)
-				window = append(window, client.Publish(topic, byte(o.qos), false, payload))
-				if len(window) == 500 {
-					for _, t := range window {
-						if !t.WaitTimeout(60*time.Second) || t.Error() != nil {
-							errs <- fmt.Errorf("publish: %v", t.Error())
-							return
-						}
-					}
-					sent.Add(int64(len(window)))
-					window = window[:0]
-				}
 			}
-			for _, t := range window {
-				t.WaitTimeout(60 * time.Second)
+			if err := pub.Close(); err != nil {
+				errs <- fmt.Errorf("publish: %w", err)
 			}
-			sent.Add(int64(len(window)))
-		}()
+		})
 	}
 	wg.Wait()
 	select {
@@ -383,17 +410,14 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	defer env.close()
 	mqttURL := env.mqttURL
 	var got atomic.Int64
-	opts := paho.NewClientOptions().AddBroker(mqttURL).SetClientID("loadtest-sub").SetCleanSession(true).SetOrderMatters(false)
-	sub := paho.NewClient(opts)
-	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return r, fmt.Errorf("subscriber: %v", tok.Error())
+	stopSub, err := leanSubscribe(mqttURL, "factory/#", byte(o.qos), &got)
+	if err != nil {
+		return r, err
 	}
-	defer sub.Disconnect(250)
-	if tok := sub.Subscribe("factory/#", byte(o.qos), func(paho.Client, paho.Message) { got.Add(1) }); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return r, fmt.Errorf("subscribe: %v", tok.Error())
-	}
+	defer stopSub()
 	var sent atomic.Int64
 	start := time.Now()
+	measured := measureCPU(env.broker)
 	if err := publish(ctx, o, mqttURL, &sent); err != nil {
 		return r, err
 	}
@@ -408,6 +432,7 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	r.Seconds = lastChange.Sub(start).Seconds()
 	r.PerSecond = float64(r.Stored) / r.Seconds
 	r.Loss = o.messages - r.Stored
+	measured(&r)
 	fmt.Fprintf(progress, "ceiling broker only: %d of %d in %.1f s\n", r.Stored, o.messages, r.Seconds)
 	return r, nil
 }
@@ -415,7 +440,7 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 // influxCeiling: the same points as line protocol posted straight to
 // InfluxDB over conns connections.
 func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Writer) (loadResult, error) {
-	r := loadResult{Path: fmt.Sprintf("ceiling: InfluxDB only, %d conn", conns), Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1}
+	r := loadResult{Path: fmt.Sprintf("ceiling: InfluxDB only, %d conn", conns), Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1, Cores: -1, Broker: -1}
 	env, err := newLoadEnv(ctx, o, fmt.Sprintf("influx%d", conns))
 	if err != nil {
 		return r, err
@@ -545,6 +570,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		env.influxDown()
 	}
 	cpu0 := p.cpuSeconds()
+	measured := measureCPU(env.broker)
 	var sent atomic.Int64
 	start := time.Now()
 	pubDone := make(chan error, 1)
@@ -582,12 +608,22 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		}
 		start = time.Now()
 		cpu0 = p.cpuSeconds()
+		measured = measureCPU(env.broker)
 		pubDone <- nil
 	}
+	// The agent's written-samples counter is read every 50 ms, so the end
+	// of a run of a few seconds is known to 50 ms; InfluxDB's own count
+	// (a scan, too slow to poll that often) confirms it, and is the
+	// measure for another collector, to a second.
 	stored, lastChange := 0, time.Now()
-	tick := time.NewTicker(time.Second)
+	poll := time.Second
+	if isAgent {
+		poll = 50 * time.Millisecond
+	}
+	tick := time.NewTicker(poll)
 	defer tick.Stop()
 	pubErr := error(nil)
+	lastWritten, lastPrint := -1.0, time.Now()
 	for stored < o.messages && time.Since(lastChange) < o.stall {
 		select {
 		case <-ctx.Done():
@@ -597,10 +633,23 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 			pubDone = nil
 		case <-tick.C:
 		}
-		n := countPoints(influxURL)
-		if n != stored {
+		if isAgent {
+			w := scrapeMetric(httpURL, "shopfloor_sink_samples_written_total")
+			if w != lastWritten {
+				lastWritten, lastChange = w, time.Now()
+			}
+			if w < float64(o.messages*loadFields) && time.Since(lastPrint) < time.Second {
+				continue
+			}
+			end := lastChange
+			if n := countPoints(influxURL); n != stored {
+				stored = n
+			}
+			lastChange = end
+		} else if n := countPoints(influxURL); n != stored {
 			stored, lastChange = n, time.Now()
 		}
+		lastPrint = time.Now()
 		fmt.Fprintf(progress, "%s: published %d/%d, stored %d, %.0f points/s\n", name, sent.Load(), o.messages, stored, float64(stored)/time.Since(start).Seconds())
 	}
 	if pubErr != nil {
@@ -612,6 +661,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	r.Loss = o.messages - stored
 	r.CPUPer100k = (p.cpuSeconds() - cpu0) / float64(max(stored, 1)) * 100000
 	r.PeakRSSMiB = p.peakRSSMiB()
+	measured(&r)
 	if isAgent {
 		r.P50, r.P99 = latencyQuantiles(httpURL)
 	}
