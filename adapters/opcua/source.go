@@ -895,7 +895,7 @@ func (r *run) monitor(ctx context.Context, items []*item) error {
 				case st == ua.StatusOK || Quality(st) != collector.QualityBad:
 					it.monID = res.Results[i].MonitoredItemID
 				case withFilter && filterRefused(st) && it.cfg.Deadband != nil:
-					r.s.log.Warn("the server refused the deadband; monitoring without it (the mapping rule's deadband still applies)", "node", it.key, "status", st)
+					r.s.log.Warn("the server refused the deadband; monitoring without it (the mapping rule's deadband still applies)", "node", it.key, "signal", it.origin+"/"+it.name, "status", st)
 					retry = append(retry, it)
 				default:
 					reason := badReason(st)
