@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -18,6 +19,10 @@ import (
 // at tens of thousands of messages a second those reads were a fifth of
 // the agent's CPU.
 const readBuffer = 64 << 10
+
+// coalesceBytes: below this much pending, the writer gives the goroutines
+// that are about to add more one chance to do so first.
+const coalesceBytes = 1 << 10
 
 // maxPendingWrite bounds what Write holds before it waits for the socket.
 const maxPendingWrite = 1 << 20
@@ -78,6 +83,16 @@ func (c *bufferedConn) flush() {
 		if len(c.pending) == 0 || c.err != nil {
 			c.mu.Unlock()
 			return
+		}
+		if len(c.pending) < coalesceBytes && !c.closing {
+			// A worker acks a batch of messages one PUBACK at a time
+			// through paho's writer goroutine: let it put the rest here
+			// before the system call, instead of one call per PUBACK.
+			// Once only: a PUBACK held back longer slows the broker,
+			// which sends only a few messages before their PUBACKs.
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
 		}
 		out, c.pending = c.pending, out[:0]
 		c.mu.Unlock()

@@ -611,14 +611,15 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		measured = measureCPU(env.broker)
 		pubDone <- nil
 	}
-	// The agent's written-samples counter is read every 50 ms, so the end
-	// of a run of a few seconds is known to 50 ms; InfluxDB's own count
+	// The agent's written-samples counter is read every 200 ms (more often
+	// costs the agent measurable CPU), so the end of a run of a few
+	// seconds is known to 200 ms; InfluxDB's own count
 	// (a scan, too slow to poll that often) confirms it, and is the
 	// measure for another collector, to a second.
 	stored, lastChange := 0, time.Now()
 	poll := time.Second
 	if isAgent {
-		poll = 50 * time.Millisecond
+		poll = 200 * time.Millisecond
 	}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
