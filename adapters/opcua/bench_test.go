@@ -29,10 +29,18 @@ import (
 // process keeps its CPU and memory out of the agent's figures.
 const envBenchServer = "SHOPFLOOR_OPCUA_BENCH_SERVER"
 
+// childMains turn the test binary into something other than a test run
+// when their environment variable is set (to the value passed on), so
+// that a benchmark can put a server, or the agent, into a process of its
+// own. Files with build tags add theirs in init.
+var childMains = map[string]func(spec string){envBenchServer: benchServer}
+
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(envBenchServer); spec != "" {
-		benchServer(spec)
-		return
+	for env, child := range childMains {
+		if spec := os.Getenv(env); spec != "" {
+			child(spec)
+			return
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -120,10 +128,14 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func rssKB() int64 {
+func rssKB() int64 { return procStatusKB("VmRSS:") }
+
+// procStatusKB reads one kB figure of /proc/self/status, such as
+// "VmRSS:" (resident now) or "VmHWM:" (peak resident).
+func procStatusKB(key string) int64 {
 	b, _ := os.ReadFile("/proc/self/status")
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == key {
 			v, _ := strconv.ParseInt(f[1], 10, 64)
 			return v
 		}

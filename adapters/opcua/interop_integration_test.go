@@ -40,7 +40,7 @@ func nodeServer(t *testing.T, secure bool, user, password string) string {
 
 // startNodeServer starts testdata/nodeserver/server.js with extra
 // arguments (see its header) and returns its endpoint.
-func startNodeServer(t *testing.T, extra ...string) string {
+func startNodeServer(t testing.TB, extra ...string) string {
 	t.Helper()
 	node := os.Getenv(EnvNode)
 	if node == "" {

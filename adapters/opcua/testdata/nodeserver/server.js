@@ -4,6 +4,7 @@
 //   node server.js --port 4840 --pki /tmp/pki
 //       [--secure | --policy Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss[,...]]
 //       [--user u --password p] [--history]
+//   node server.js --port 4840 --pki /tmp/pki --machines 100 [--vars 100] [--rate 1000]
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
@@ -13,8 +14,15 @@
 // user/password login only. --history adds Objects/Machines/hist-01/Counter, a UInt32 that
 // counts up every 100 ms and whose every value the server keeps in its
 // in-memory history for HistoryRead, and hist-01/NoHistory, which says
-// it is historizing but has no history. It prints "READY <port>" once it
-// listens and stops on SIGTERM.
+// it is historizing but has no history.
+//
+// --machines N is the load for the scale benchmark instead: only
+// Objects/Machines/m-000 .. m-<N-1>, each with --vars Double variables
+// v-000 .. (default 100), every one of which changes every --rate ms
+// (default 1000). Nothing else is under Machines, so the pattern
+// Objects/Machines/*/* resolves to exactly N x vars items.
+//
+// It prints "READY <port>" once it listens and stops on SIGTERM.
 "use strict";
 const {
   OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
@@ -40,6 +48,12 @@ async function main() {
   const user = arg("user", "");
   const password = arg("password", "");
   const history = arg("history", false) === true;
+  const machineCount = parseInt(arg("machines", "0"), 10);
+  const varCount = parseInt(arg("vars", "100"), 10);
+  const rate = parseInt(arg("rate", "1000"), 10);
+  if (!(machineCount >= 0 && varCount > 0 && rate > 0)) {
+    throw new Error("--machines must be a number, --vars and --rate positive ones");
+  }
 
   const serverCertificateManager = new OPCUACertificateManager({
     rootFolder: pki,
@@ -62,6 +76,10 @@ async function main() {
   const as = server.engine.addressSpace;
   const ns = as.getOwnNamespace();
   const machines = ns.addFolder(as.rootFolder.objects, { browseName: "Machines" });
+  if (machineCount > 0) {
+    await serve(server, port, scaleMachines(ns, machines, machineCount, varCount, rate));
+    return;
+  }
 
   function variable(parent, name, dataType, value, status) {
     const v = ns.addVariable({ componentOf: parent, browseName: name, dataType });
@@ -151,6 +169,39 @@ async function main() {
     }
   }, 100);
 
+  await serve(server, port, timer);
+}
+
+// scaleMachines adds machineCount machines of varCount Double variables
+// and returns the timer that changes them all every rate ms. One timer
+// for all and setValueFromSource keep the server's own cost per change
+// small: node-opcua samples them with one shared timer per sampling
+// interval, so 10,000 items at 1 s are a fraction of a core. A
+// bindVariable getter would instead run at every sample and Read.
+function scaleMachines(ns, machines, machineCount, varCount, rate) {
+  const pad = (n) => String(n).padStart(3, "0");
+  const vars = [];
+  for (let m = 0; m < machineCount; m++) {
+    const machine = ns.addFolder(machines, { browseName: "m-" + pad(m) });
+    for (let j = 0; j < varCount; j++) {
+      const v = ns.addVariable({ componentOf: machine, browseName: "v-" + pad(j), dataType: "Double" });
+      v.setValueFromSource(new Variant({ dataType: DataType.Double, value: vars.length }));
+      vars.push(v);
+    }
+  }
+  // Every value differs from its previous one at every tick, so each
+  // sample the server takes is a change it reports.
+  let tick = 0;
+  return setInterval(() => {
+    tick++;
+    for (let i = 0; i < vars.length; i++) {
+      vars[i].setValueFromSource(new Variant({ dataType: DataType.Double, value: tick * vars.length + i }));
+    }
+  }, rate);
+}
+
+// serve starts the server, says READY and stops it on SIGTERM.
+async function serve(server, port, timer) {
   await server.start();
   process.stdout.write("READY " + port + "\n");
   const stop = async () => {
