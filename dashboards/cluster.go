@@ -101,10 +101,7 @@ func ClusterBenchmark() (dashboard.Dashboard, error) {
 			Refresh(dashboard.VariableRefreshOnDashboardLoad).
 			Sort(dashboard.VariableSortNaturalAsc).
 			Multi(true).IncludeAll(true).
-			Current(dashboard.VariableOption{
-				Text:  dashboard.StringOrArrayOfString{String: ptr("All")},
-				Value: dashboard.StringOrArrayOfString{String: ptr("$__all")},
-			}))
+			Current(allSelected()))
 
 	b.WithPanel(table.NewPanelBuilder().
 		Title("Cluster quartiles, latest period").

@@ -184,6 +184,14 @@ func tagValues(name, label, key, where string) *dashboard.QueryVariableBuilder {
 		Sort(dashboard.VariableSortNaturalAsc)
 }
 
+// allSelected is a multi-value variable's start: All.
+func allSelected() dashboard.VariableOption {
+	return dashboard.VariableOption{
+		Text:  dashboard.StringOrArrayOfString{String: ptr("All")},
+		Value: dashboard.StringOrArrayOfString{String: ptr("$__all")},
+	}
+}
+
 // allLines is the All value of the line variables: every line, and also
 // machines without a line tag, which InfluxQL compares as "".
 const allLines = ".*"

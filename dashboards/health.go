@@ -68,10 +68,7 @@ func AgentHealth() (dashboard.Dashboard, error) {
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
 			Sort(dashboard.VariableSortNaturalAsc).
 			Multi(true).IncludeAll(true).AllValue(".*").
-			Current(dashboard.VariableOption{
-				Text:  dashboard.StringOrArrayOfString{String: ptr("All")},
-				Value: dashboard.StringOrArrayOfString{String: ptr("$__all")},
-			}))
+			Current(allSelected()))
 
 	b.WithPanel(promStat("Agents", "Agents whose metrics Prometheus scrapes.", 4).
 		WithTarget(promQL(`count(shopfloor_build_infoSEL)`, "agents")).

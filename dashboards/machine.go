@@ -61,10 +61,7 @@ func MachineDetail() (dashboard.Dashboard, error) {
 		WithVariable(tagValues("site", "Site", "site", "")).
 		WithVariable(tagValues("line", "Line", "line", `"site" =~ /^$site$/`).
 			IncludeAll(true).AllValue(allLines).
-			Current(dashboard.VariableOption{
-				Text:  dashboard.StringOrArrayOfString{String: ptr("All")},
-				Value: dashboard.StringOrArrayOfString{String: ptr("$__all")},
-			})).
+			Current(allSelected())).
 		WithVariable(tagValues("machine", "Machine", "machine", `"site" =~ /^$site$/ AND "line" =~ /^$line$/`))
 
 	stateStat := func(title, field string, w uint32) *stat.PanelBuilder {

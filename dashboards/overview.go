@@ -49,10 +49,7 @@ func Overview() (dashboard.Dashboard, error) {
 		WithVariable(tagValues("site", "Site", "site", "")).
 		WithVariable(tagValues("line", "Line", "line", `"site" =~ /^$site$/`).
 			Multi(true).IncludeAll(true).AllValue(allLines).
-			Current(dashboard.VariableOption{
-				Text:  dashboard.StringOrArrayOfString{String: ptr("All")},
-				Value: dashboard.StringOrArrayOfString{String: ptr("$__all")},
-			}))
+			Current(allSelected()))
 
 	b.WithPanel(stat.NewPanelBuilder().
 		Title("Site, current shift").
