@@ -194,8 +194,20 @@ func scaleAgent(spec string) {
 		}
 	}
 	first := time.Since(start)
-	// The first values come in one burst; start on steady state.
-	time.Sleep(time.Second)
+	// Each publish brings a whole second of changes at once, so a
+	// one-second window could hold 0, 1 or 2 of them. Let the first
+	// values' burst end, wait for the next publish and start half a
+	// publishing interval after it: then every window holds exactly one
+	// publish, and delivered/expected is right even over a few windows.
+	time.Sleep(500 * time.Millisecond)
+	n0, published := out.samples.Load(), time.Now().Add(5*time.Second)
+	for out.samples.Load() == n0 {
+		if time.Now().After(published) {
+			fail("no publish within 5s after the first values")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
 	fmt.Printf("MEASURING %.3f\n", first.Seconds())
 	f, err := measureScale(out, windows, done)
 	if err != nil {
@@ -290,11 +302,13 @@ func (o *firstValues) seenCount() int {
 // TestTenThousandItemsNodeOPCUA is the memory requirement: with 10,000
 // monitored items across 100 machines the agent stays under 150 MiB RSS
 // (peak, start-up included), and every item delivers a good value (the
-// agent process fails otherwise). Three one-second windows of steady
-// state are enough for memory, which the first values' burst and the
-// first publishes decide, but too few for a steady samples/s (each
-// publish brings a whole second of changes at once, so a window holds 0,
-// 1 or 2 of them): the throughput is the benchmark's.
+// agent process fails otherwise). Four one-second windows of steady
+// state are enough for memory, which start-up, the first values' burst
+// and the first publishes decide. The throughput over so few windows is
+// logged, not asserted, since a slow CI machine may delay a publish; the
+// windows are an even number because in some runs (with and without
+// -race) node-opcua sends two publishing cycles' changes back to back
+// every 2 s rather than one every second.
 //
 // Under -race, as `make test` runs it, the agent's RSS includes the race
 // detector's shadow memory, about 2.5 times the figure without it; it is
@@ -305,9 +319,9 @@ func (o *firstValues) seenCount() int {
 // two cores for seconds, and the parallel tests of this package check
 // timings.
 func TestTenThousandItemsNodeOPCUA(t *testing.T) {
-	f := runScale(t, 3, 25*time.Second, nil)
-	t.Logf("%d items: first values after %.2fs, agent-cpu %.3f, heap %.1f MiB, peak RSS %.1f MiB (the test binary as the agent, an upper bound)",
-		scaleItems, f.FirstValuesSec, f.CPU, f.HeapMiB, f.PeakRSSMiB)
+	f := runScale(t, 4, 25*time.Second, nil)
+	t.Logf("%d items: first values after %.2fs, %.0f samples/s, delivered/expected %.3f, agent-cpu %.3f, heap %.1f MiB, peak RSS %.1f MiB (the test binary as the agent, an upper bound)",
+		scaleItems, f.FirstValuesSec, f.SamplesPerSec, f.Delivered, f.CPU, f.HeapMiB, f.PeakRSSMiB)
 	if f.PeakRSSMiB >= scaleMaxRSSMiB {
 		t.Errorf("peak RSS %.1f MiB with %d monitored items, want under %d MiB", f.PeakRSSMiB, scaleItems, scaleMaxRSSMiB)
 	}
@@ -321,11 +335,9 @@ func TestTenThousandItemsNodeOPCUA(t *testing.T) {
 // value changing every second) against node-opcua, each in a process of
 // its own, over b.N one-second windows:
 //
-//	deploy/scripts/testenv.sh go test -tags integration -run XXX -bench TenThousand -benchtime 20x ./adapters/opcua/
+//	deploy/scripts/testenv.sh go test -tags integration -run XXX -bench TenThousand -benchtime 10x ./adapters/opcua/
 //
-// Each publish brings a whole second of changes at once, so a one-second
-// window holds 0, 1 or 2 of them: run 10 windows or more for a steady
-// samples/s. delivered/expected near 1 means the agent keeps up;
+// delivered/expected near 1 means the agent keeps up;
 // agent-cpu is the cores the agent process used; heap-MiB is its Go heap
 // in use at the end; rss-MiB is its peak RSS (VmHWM), start-up included,
 // an upper bound for the agent since that process is the test binary;
