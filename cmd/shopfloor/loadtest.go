@@ -592,15 +592,19 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		fmt.Fprintf(progress, "%s: %d messages published while InfluxDB is down; waiting for them to be queued\n", name, o.messages)
 		// Let the agent take everything into its queue, then bring the
 		// database back with its data.
-		for stable := 0; stable < 3; {
-			q := scrapeMetric(httpURL, "shopfloor_queue_records")
-			if q >= float64(o.messages) {
+		// A record holds several messages, so the queue is counted in
+		// samples; a queue that stops growing short of them (the broker
+		// dropped some) ends the wait after --stall.
+		lastQ, changed := -1.0, time.Now()
+		for time.Since(changed) < o.stall {
+			q := scrapeMetric(httpURL, "shopfloor_queue_samples")
+			if q >= float64(o.messages*loadFields) {
 				break
 			}
-			time.Sleep(time.Second)
-			if q < 0 {
-				stable++
+			if q != lastQ {
+				lastQ, changed = q, time.Now()
 			}
+			time.Sleep(time.Second)
 		}
 		r.Description = fmt.Sprintf("peak RSS with the backlog queued: %.1f MiB", p.peakRSSMiB())
 		if err := env.influxUp(ctx); err != nil {
