@@ -171,13 +171,10 @@ func (m *countedMessage) Ack() {
 	m.acked.Add(1)
 }
 
-type retireError string
-
-func (e retireError) Error() string { return string(e) }
-
+// errOr is err, or a new error saying msg when err is nil.
 func errOr(err error, msg string) error {
 	if err != nil {
 		return err
 	}
-	return retireError(msg)
+	return errors.New(msg)
 }
