@@ -12,6 +12,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/google/renameio/v2"
 )
 
 // A persistent session outlives the agent's config: after connections
@@ -91,11 +92,7 @@ func writeSessions(path string, ids []string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return renameio.WriteFile(path, b, 0o640)
 }
 
 // retire connects as id. When the broker had a session for it, it stops

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/google/renameio/v2"
 
 	"github.com/noordoostpolder/shopfloor/collector/share"
 )
@@ -486,16 +487,7 @@ func (h *Hub) saveLocked() error {
 	if err != nil {
 		return fmt.Errorf("hub: save: %w", err)
 	}
-	tmp := h.state + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("hub: save: %w", err)
-	}
-	_, err = f.Write(b)
-	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
-		return fmt.Errorf("hub: save: %w", err)
-	}
-	if err := os.Rename(tmp, h.state); err != nil {
+	if err := renameio.WriteFile(h.state, b, 0o600); err != nil {
 		return fmt.Errorf("hub: save: %w", err)
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/renameio/v2"
 	"github.com/noordoostpolder/shopfloor/collector"
 )
 
@@ -691,15 +692,7 @@ func (e *Engine) Save() error {
 	if err != nil {
 		return fmt.Errorf("kpi: save: %w", err)
 	}
-	tmp := e.state + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o640); err != nil {
-		return fmt.Errorf("kpi: save: %w", err)
-	}
-	if f, err := os.Open(tmp); err == nil {
-		_ = f.Sync()
-		f.Close()
-	}
-	if err := os.Rename(tmp, e.state); err != nil {
+	if err := renameio.WriteFile(e.state, b, 0o640); err != nil {
 		return fmt.Errorf("kpi: save: %w", err)
 	}
 	return nil

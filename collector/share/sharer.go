@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/google/renameio/v2"
 
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/queue"
@@ -559,7 +560,7 @@ func (s *Sharer) Save() error {
 	if err != nil {
 		return fmt.Errorf("share: save: %w", err)
 	}
-	return writeAtomic(filepath.Join(s.dir, "state.json"), b)
+	return writeState(filepath.Join(s.dir, "state.json"), b)
 }
 
 func (s *Sharer) load() error {
@@ -589,19 +590,9 @@ func (s *Sharer) load() error {
 	return nil
 }
 
-// writeAtomic replaces path with b through a synced temporary file.
-func writeAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
-	if err != nil {
-		return fmt.Errorf("share: save: %w", err)
-	}
-	_, err = f.Write(b)
-	err = errors.Join(err, f.Sync(), f.Close())
-	if err != nil {
-		return fmt.Errorf("share: save: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+// writeState replaces path with b atomically, synced before the rename.
+func writeState(path string, b []byte) error {
+	if err := renameio.WriteFile(path, b, 0o640); err != nil {
 		return fmt.Errorf("share: save: %w", err)
 	}
 	return nil
