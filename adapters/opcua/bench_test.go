@@ -22,6 +22,7 @@ import (
 	"github.com/gopcua/opcua/ua"
 
 	"github.com/noordoostpolder/shopfloor/collector"
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
 
 // envBenchServer makes the test binary an in-process gopcua server for
@@ -159,7 +160,7 @@ func procStatusKB(key string) int64 {
 func BenchmarkMonitoredItems100ms(b *testing.B) {
 	for _, n := range []int{1000, 2000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			port := freePort(b)
+			port := collectortest.FreePort(b)
 			exe, _ := os.Executable()
 			cmd := exec.Command(exe)
 			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", envBenchServer, port, n))

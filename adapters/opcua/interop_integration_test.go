@@ -50,8 +50,27 @@ func startNodeServer(t testing.TB, extra ...string) string {
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "node-opcua")); err != nil {
 		t.Fatalf("node-opcua is not installed in %s (%v): run deploy/scripts/testenv.sh, which runs npm ci there", dir, err)
 	}
-	port := freePort(t)
-	args := append([]string{filepath.Join(dir, "server.js"), "--port", fmt.Sprint(port), "--pki", t.TempDir()}, extra...)
+	// The port is free when freePort returns but another test process
+	// may take it before node binds it; then try again on another.
+	for attempt := 1; ; attempt++ {
+		port := collectortest.FreePort(t)
+		args := append([]string{filepath.Join(dir, "server.js"), "--port", fmt.Sprint(port), "--pki", t.TempDir()}, extra...)
+		stderr, err := runNodeServer(t, node, dir, args)
+		if err == nil {
+			return fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
+		}
+		if attempt < 5 && strings.Contains(stderr, "EADDRINUSE") {
+			continue
+		}
+		t.Fatalf("node-opcua server: %v\n%s", err, stderr)
+	}
+}
+
+// runNodeServer starts node with args and waits for its READY line. On
+// failure the process is gone and its stderr is returned whole: the
+// buffer is read only after Wait, when nothing writes to it any more.
+func runNodeServer(t testing.TB, node, dir string, args []string) (string, error) {
+	t.Helper()
 	cmd := exec.Command(node, args...)
 	cmd.Dir = dir
 	stdout, err := cmd.StdoutPipe()
@@ -63,10 +82,6 @@ func startNodeServer(t testing.TB, extra ...string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start node-opcua server: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
 	ready := make(chan error, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -81,14 +96,20 @@ func startNodeServer(t testing.TB, extra ...string) string {
 		}
 	}()
 	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("node-opcua server: %v\n%s", err, stderr.String())
-		}
+	case err = <-ready:
 	case <-time.After(60 * time.Second):
-		t.Fatalf("node-opcua server not ready within 60s\n%s", stderr.String())
+		err = errors.New("not ready within 60s")
 	}
-	return fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return stderr.String(), err
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return "", nil
 }
 
 // examplePlusTypes is deploy/examples/opcua.yaml pointed at endpoint,

@@ -12,6 +12,7 @@ import (
 	"github.com/gopcua/opcua/server"
 	"github.com/gopcua/opcua/server/attrs"
 	"github.com/gopcua/opcua/ua"
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
 
 // testServer is an in-process gopcua server serving the simulator's shape:
@@ -41,16 +42,6 @@ type testServer struct {
 	proxyPorts []int
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func defaultMachines() map[string]map[string]any {
 	return map[string]map[string]any{
 		"cnc-01": {
@@ -72,7 +63,7 @@ func defaultMachines() map[string]map[string]any {
 
 func startTestServer(t testing.TB, machines map[string]map[string]any) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, port: freePort(t), machines: machines}
+	ts := &testServer{t: t, port: collectortest.FreePort(t), machines: machines}
 	ts.start()
 	t.Cleanup(ts.stop)
 	return ts
@@ -83,7 +74,7 @@ func startTestServer(t testing.TB, machines map[string]map[string]any) *testServ
 // say they keep a history.
 func startTestServerBehindProxy(t testing.TB, machines map[string]map[string]any, historizing ...string) (*testServer, *tcpProxy) {
 	t.Helper()
-	port := freePort(t)
+	port := collectortest.FreePort(t)
 	p := startProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
 	ts := &testServer{t: t, port: port, machines: machines, proxyPorts: []int{p.ln.Addr().(*net.TCPAddr).Port}, historizing: map[string]bool{}}
 	for _, h := range historizing {

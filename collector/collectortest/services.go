@@ -3,7 +3,9 @@ package collectortest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -25,15 +27,48 @@ const (
 	EnvInfluxd   = "SHOPFLOOR_INFLUXD"   // path of the influxd 1.8 binary
 )
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago. It
+// is chosen below the kernel's ephemeral range: a port from that range
+// can be taken by any outgoing connection (and tests make thousands)
+// between this check and the server's bind, which once failed CI.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	low := ephemeralLow()
+	const floor = 20000
+	if low-floor >= 1000 {
+		for range 100 {
+			port := floor + rand.IntN(low-floor)
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+			if err == nil {
+				l.Close()
+				return port
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("find a free port: %v", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ephemeralLow is the lowest local port the kernel gives outgoing
+// connections (Linux's default when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 32768
+	}
+	low, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return low
 }
 
 func binary(t testing.TB, env string) string {
@@ -48,45 +83,106 @@ func binary(t testing.TB, env string) string {
 // Service is a real server process owned by one test. It is stopped when
 // the test ends.
 type Service struct {
-	t       testing.TB
-	name    string
-	args    []string
-	bin     string
-	dir     string
-	Port    int
-	ready   func() error
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	logFile *os.File
+	t     testing.TB
+	name  string
+	args  []string
+	bin   string
+	dir   string
+	Port  int
+	ready func() error
+	// readyLine is what the process logs once it listens: a probe alone
+	// could be answered by another test's server on a port taken
+	// between FreePort and the bind.
+	readyLine string
+	// configure writes the configuration for a port; a service whose
+	// port was taken between FreePort and its bind gets another one.
+	configure func(port int)
+	mu        sync.Mutex
+	cmd       *exec.Cmd
+	exited    chan struct{} // closed when cmd has been waited for
+	logFile   *os.File
 }
 
-func (s *Service) start() {
+// begin starts the service on a fresh port, trying again on another
+// when the process dies before it answers (most often: another test
+// process bound the port first).
+func (s *Service) begin() {
+	s.t.Helper()
+	for attempt := 1; ; attempt++ {
+		s.Port = FreePort(s.t)
+		s.configure(s.Port)
+		err := s.start()
+		if err == nil {
+			return
+		}
+		if attempt == 5 || !errors.Is(err, errExited) {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+var errExited = errors.New("exited before it answered")
+
+func (s *Service) start() error {
 	s.t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lf, err := os.OpenFile(filepath.Join(s.dir, s.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		s.t.Fatalf("%s log: %v", s.name, err)
+		return fmt.Errorf("%s log: %w", s.name, err)
 	}
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start %s: %v", s.name, err)
+		lf.Close()
+		return fmt.Errorf("start %s: %w", s.name, err)
 	}
-	s.cmd, s.logFile = cmd, lf
+	var logStart int64
+	if fi, err := lf.Stat(); err == nil {
+		logStart = fi.Size()
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	s.cmd, s.logFile, s.exited = cmd, lf, exited
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(lf.Name())
+			lf.Close()
+			s.cmd = nil
+			return fmt.Errorf("%s on port %d %w: %s\n%s", s.name, s.Port, errExited, cmd.ProcessState, log)
+		default:
+		}
 		err := s.ready()
 		if err == nil {
-			return
+			if err = s.loggedSince(lf.Name(), logStart); err == nil {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(lf.Name())
-			s.t.Fatalf("%s did not become ready on port %d: %v\n%s", s.name, s.Port, err, log)
+			return fmt.Errorf("%s did not become ready on port %d: %v\n%s", s.name, s.Port, err, log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// loggedSince reports whether the log holds readyLine after offset, so
+// that an earlier run's line does not count after a restart.
+func (s *Service) loggedSince(path string, offset int64) error {
+	log, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if int64(len(log)) < offset || !strings.Contains(string(log[offset:]), s.readyLine) {
+		return fmt.Errorf("%q not logged yet", s.readyLine)
+	}
+	return nil
 }
 
 // Stop ends the process and waits for it. Stopping a stopped service is a no-op.
@@ -97,7 +193,7 @@ func (s *Service) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.exited
 	_ = s.logFile.Close()
 	s.cmd = nil
 }
@@ -107,23 +203,23 @@ func (s *Service) Stop() {
 func (s *Service) Restart() {
 	s.t.Helper()
 	s.Stop()
-	s.start()
+	s.Start()
 }
 
 // Start starts a stopped service again.
 func (s *Service) Start() {
 	s.t.Helper()
-	s.start()
+	if err := s.start(); err != nil {
+		s.t.Fatal(err)
+	}
 }
 
-func tcpReady(port int) func() error {
-	return func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 200*time.Millisecond)
-		if err != nil {
-			return err
-		}
-		return c.Close()
+func tcpReady(port int) error {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 200*time.Millisecond)
+	if err != nil {
+		return err
 	}
+	return c.Close()
 }
 
 // Mosquitto starts a private Mosquitto broker for the test, with unbounded
@@ -131,13 +227,23 @@ func tcpReady(port int) func() error {
 // extraConf lines are appended to its configuration.
 func Mosquitto(t testing.TB, extraConf ...string) *Service {
 	t.Helper()
-	bin := binary(t, EnvMosquitto)
+	s := newMosquitto(t, extraConf...)
+	s.begin()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func newMosquitto(t testing.TB, extraConf ...string) *Service {
 	dir := t.TempDir()
-	port := FreePort(t)
-	// user root: run as root (CI is), Mosquitto would otherwise switch to
-	// the mosquitto user, which cannot read the test's private temp
-	// folders (persistence, certificates, password file).
-	conf := fmt.Sprintf(`user root
+	confPath := filepath.Join(dir, "mosquitto.conf")
+	s := &Service{t: t, name: "mosquitto", bin: binary(t, EnvMosquitto), dir: dir, args: []string{"-c", confPath}}
+	s.ready = func() error { return tcpReady(s.Port) }
+	s.readyLine = " running"
+	s.configure = func(port int) {
+		// user root: run as root (CI is), Mosquitto would otherwise switch to
+		// the mosquitto user, which cannot read the test's private temp
+		// folders (persistence, certificates, password file).
+		conf := fmt.Sprintf(`user root
 listener %d 127.0.0.1
 allow_anonymous true
 persistence true
@@ -146,13 +252,10 @@ max_queued_messages 0
 max_inflight_messages 0
 autosave_interval 1
 `, port, dir) + strings.Join(extraConf, "\n") + "\n"
-	confPath := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s := &Service{t: t, name: "mosquitto", bin: bin, dir: dir, Port: port, args: []string{"-c", confPath}, ready: tcpReady(port)}
-	s.start()
-	t.Cleanup(s.Stop)
 	return s
 }
 
@@ -168,10 +271,12 @@ func (s *Service) URL() string {
 // takes bucket "db/rp" and any token; use InfluxQL to read back.
 func Influx(t testing.TB) *Service {
 	t.Helper()
-	bin := binary(t, EnvInfluxd)
 	dir := t.TempDir()
-	port := FreePort(t)
-	conf := fmt.Sprintf(`reporting-disabled = true
+	confPath := filepath.Join(dir, "influxdb.conf")
+	s := &Service{t: t, name: "influxd", bin: binary(t, EnvInfluxd), dir: dir, args: []string{"-config", confPath}}
+	s.readyLine = "Listening on HTTP"
+	s.configure = func(port int) {
+		conf := fmt.Sprintf(`reporting-disabled = true
 bind-address = "127.0.0.1:%d"
 [meta]
   dir = "%[2]s/meta"
@@ -190,11 +295,10 @@ bind-address = "127.0.0.1:%d"
 [continuous_queries]
   enabled = false
 `, FreePort(t), dir, port)
-	confPath := filepath.Join(dir, "influxdb.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
+		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s := &Service{t: t, name: "influxd", bin: bin, dir: dir, Port: port, args: []string{"-config", confPath}}
 	s.ready = func() error {
 		resp, err := http.Get(s.URL() + "/ping")
 		if err != nil {
@@ -206,7 +310,7 @@ bind-address = "127.0.0.1:%d"
 		}
 		return nil
 	}
-	s.start()
+	s.begin()
 	t.Cleanup(s.Stop)
 	return s
 }
