@@ -131,16 +131,16 @@ func (s *Service) start() error {
 	if err != nil {
 		return fmt.Errorf("%s log: %w", s.name, err)
 	}
+	var logStart int64 // what earlier runs logged
+	if fi, err := lf.Stat(); err == nil {
+		logStart = fi.Size()
+	}
 	cmd := exec.Command(s.bin, s.args...)
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = lf, lf
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return fmt.Errorf("start %s: %w", s.name, err)
-	}
-	var logStart int64
-	if fi, err := lf.Stat(); err == nil {
-		logStart = fi.Size()
 	}
 	exited := make(chan struct{})
 	go func() {
