@@ -165,6 +165,10 @@ func (s *Service) start() error {
 			}
 		}
 		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-exited
+			lf.Close()
+			s.cmd = nil
 			log, _ := os.ReadFile(lf.Name())
 			return fmt.Errorf("%s did not become ready on port %d: %v\n%s", s.name, s.Port, err, log)
 		}
