@@ -119,7 +119,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	// InfluxDB.
 	influxURL := o.influxURL
 	if o.influxd != "" {
-		u, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), "127.0.0.1:8086", logFile)
+		u, _, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), "127.0.0.1:8086", logFile)
 		if err != nil {
 			return err
 		}
@@ -250,14 +250,14 @@ Ctrl-C stops everything; the next start reuses %s.
 
 // startInfluxd runs an InfluxDB 1.8 with its data in dir, on addr when
 // that is free, else on a free port.
-func startInfluxd(ctx context.Context, bin, dir, addr string, log io.Writer) (string, func(), error) {
+func startInfluxd(ctx context.Context, bin, dir, addr string, log io.Writer) (string, int, func(), error) {
 	port, err := freePort(addr)
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	rpc, err := freePort("127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	conf := fmt.Sprintf(`reporting-disabled = true
 bind-address = "127.0.0.1:%d"
@@ -274,16 +274,16 @@ bind-address = "127.0.0.1:%d"
   store-enabled = false
 `, rpc, filepath.Join(dir, "meta"), filepath.Join(dir, "data"), filepath.Join(dir, "wal"), port)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	confPath := filepath.Join(dir, "influxdb.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o640); err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd := exec.Command(bin, "-config", confPath)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("start influxd %s: %w", bin, err)
+		return "", 0, nil, fmt.Errorf("start influxd %s: %w", bin, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -302,20 +302,20 @@ bind-address = "127.0.0.1:%d"
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusNoContent {
-				return u, stop, nil
+				return u, cmd.Process.Pid, stop, nil
 			}
 		}
 		select {
 		case <-done:
-			return "", nil, fmt.Errorf("influxd exited at start; see demo.log")
+			return "", 0, nil, fmt.Errorf("influxd exited at start; see demo.log")
 		case <-ctx.Done():
 			stop()
-			return "", nil, ctx.Err()
+			return "", 0, nil, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", nil, errors.New("influxd did not answer within 60 s; see demo.log")
+			return "", 0, nil, errors.New("influxd did not answer within 60 s; see demo.log")
 		}
 	}
 }

@@ -53,9 +53,11 @@ type loadResult struct {
 	Loss        int
 	Description string
 	// Cores is how many of the machine's cores were busy on average
-	// during the run (all processes), Broker how many Mosquitto used: a
-	// run that keeps the machine busy is bounded by CPU, not by a queue.
-	Cores, Broker float64
+	// during the run (all processes); Broker, Influx and Harness how
+	// many Mosquitto, InfluxDB and this process (publisher, subscriber,
+	// polling) used. A run that keeps the machine busy is bounded by
+	// CPU, not by a queue, and these say who has it.
+	Cores, Broker, Influx, Harness float64
 }
 
 // busySeconds is the CPU time all processes have used since boot, from
@@ -78,13 +80,30 @@ func busySeconds() float64 {
 	return busy / 100 // USER_HZ
 }
 
-// measureCPU measures the machine's and the broker's CPU from now to done().
-func measureCPU(broker *proc) (done func(r *loadResult)) {
-	m0, b0, t0 := busySeconds(), broker.cpuSeconds(), time.Now()
+// measureCPU measures the machine's, the broker's, InfluxDB's and this
+// process's CPU from now to done().
+func measureCPU(env *loadEnv) (done func(r *loadResult)) {
+	influx := func() float64 {
+		if env.stopInflux == nil {
+			return 0 // down (a backlog run) or stopped
+		}
+		return cpuSecondsOf(env.influxPid)
+	}
+	m0, b0, i0, h0, t0 := busySeconds(), env.broker.cpuSeconds(), influx(), selfCPUSeconds(), time.Now()
 	return func(r *loadResult) {
 		wall := time.Since(t0).Seconds()
-		r.Cores, r.Broker = (busySeconds()-m0)/wall, (broker.cpuSeconds()-b0)/wall
+		r.Cores, r.Broker = (busySeconds()-m0)/wall, (env.broker.cpuSeconds()-b0)/wall
+		r.Influx, r.Harness = (influx()-i0)/wall, (selfCPUSeconds()-h0)/wall
 	}
+}
+
+// selfCPUSeconds is the CPU time this process has used.
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return -1
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func runLoadtest(args []string, stdout, stderr io.Writer) int {
@@ -146,7 +165,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
 	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s, agent MQTT connections %d\n", o.machines, o.messages, o.qos,
 		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded], o.agentConns)
-	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s %6s %7s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss", "cores", "broker")
+	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s %6s %7s %7s %8s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss", "cores", "broker", "influx", "harness")
 	f := func(v float64, prec int) string {
 		if v < 0 {
 			return "-"
@@ -154,7 +173,7 @@ func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
 		return strconv.FormatFloat(v, 'f', prec, 64)
 	}
 	for _, r := range rs {
-		fmt.Fprintf(w, "%-34s %10d %10.0f %12s %9s %8s %8s %8d %6s %7s\n", r.Path, r.Stored, r.PerSecond, f(r.CPUPer100k, 2), f(r.PeakRSSMiB, 1), f(r.P50, 3), f(r.P99, 3), r.Loss, f(r.Cores, 2), f(r.Broker, 2))
+		fmt.Fprintf(w, "%-34s %10d %10.0f %12s %9s %8s %8s %8d %6s %7s %7s %8s\n", r.Path, r.Stored, r.PerSecond, f(r.CPUPer100k, 2), f(r.PeakRSSMiB, 1), f(r.P50, 3), f(r.P99, 3), r.Loss, f(r.Cores, 2), f(r.Broker, 2), f(r.Influx, 2), f(r.Harness, 2))
 	}
 }
 
@@ -229,8 +248,11 @@ func (p *proc) stop() {
 }
 
 // cpuSeconds and peakRSS read the child's /proc entries (Linux).
-func (p *proc) cpuSeconds() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func (p *proc) cpuSeconds() float64 { return cpuSecondsOf(p.cmd.Process.Pid) }
+
+// cpuSecondsOf is the CPU time process pid has used, -1 when unknown.
+func cpuSecondsOf(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return -1
 	}
@@ -275,6 +297,7 @@ func waitHTTP(ctx context.Context, u string, ok func(int) bool) error {
 type loadEnv struct {
 	dir, mqttURL, influxURL string
 	influxAddr              string
+	influxPid               int
 	broker                  *proc
 	stopInflux              func()
 	o                       loadOptions
@@ -316,11 +339,11 @@ func newLoadEnv(ctx context.Context, o loadOptions, sub string) (*loadEnv, error
 
 // influxUp starts (or restarts, on the same data and port) InfluxDB.
 func (e *loadEnv) influxUp(ctx context.Context) error {
-	u, stop, err := startInfluxd(ctx, e.o.influxd, filepath.Join(e.dir, "influxdb"), e.influxAddr, io.Discard)
+	u, pid, stop, err := startInfluxd(ctx, e.o.influxd, filepath.Join(e.dir, "influxdb"), e.influxAddr, io.Discard)
 	if err != nil {
 		return err
 	}
-	e.influxURL, e.stopInflux = u, stop
+	e.influxURL, e.influxPid, e.stopInflux = u, pid, stop
 	return nil
 }
 
@@ -417,7 +440,7 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	defer stopSub()
 	var sent atomic.Int64
 	start := time.Now()
-	measured := measureCPU(env.broker)
+	measured := measureCPU(env)
 	if err := publish(ctx, o, mqttURL, &sent); err != nil {
 		return r, err
 	}
@@ -440,7 +463,7 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 // influxCeiling: the same points as line protocol posted straight to
 // InfluxDB over conns connections.
 func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Writer) (loadResult, error) {
-	r := loadResult{Path: fmt.Sprintf("ceiling: InfluxDB only, %d conn", conns), Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1, Cores: -1, Broker: -1}
+	r := loadResult{Path: fmt.Sprintf("ceiling: InfluxDB only, %d conn", conns), Messages: o.messages, CPUPer100k: -1, PeakRSSMiB: -1, P50: -1, P99: -1}
 	env, err := newLoadEnv(ctx, o, fmt.Sprintf("influx%d", conns))
 	if err != nil {
 		return r, err
@@ -468,6 +491,7 @@ func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Wr
 		}
 	}
 	start := time.Now()
+	measured := measureCPU(env)
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	next := atomic.Int64{}
@@ -492,6 +516,7 @@ func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Wr
 		}()
 	}
 	wg.Wait()
+	measured(&r)
 	r.Seconds = time.Since(start).Seconds()
 	r.Stored = o.messages
 	if failed.Load() > 0 {
@@ -570,7 +595,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		env.influxDown()
 	}
 	cpu0 := p.cpuSeconds()
-	measured := measureCPU(env.broker)
+	measured := measureCPU(env)
 	var sent atomic.Int64
 	start := time.Now()
 	pubDone := make(chan error, 1)
@@ -612,7 +637,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		}
 		start = time.Now()
 		cpu0 = p.cpuSeconds()
-		measured = measureCPU(env.broker)
+		measured = measureCPU(env)
 		pubDone <- nil
 	}
 	// The agent's written-samples counter is read every 200 ms (more often

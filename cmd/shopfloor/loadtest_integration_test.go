@@ -19,8 +19,8 @@ func TestLoadtestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("loadtest: %v\n%s", err, out)
 	}
-	// path, stored, per s, CPU, RSS, p50, p99, loss, cores, broker
-	row := regexp.MustCompile(`(?m)^shopfloor agent\s+(\d+)\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+(\d+)\s+[0-9.]+\s+[0-9.]+\s*$`).FindSubmatch(out)
+	// path, stored, per s, CPU, RSS, p50, p99, loss, cores, broker, influx, harness
+	row := regexp.MustCompile(`(?m)^shopfloor agent\s+(\d+)\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+(\d+)\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s*$`).FindSubmatch(out)
 	if row == nil || string(row[1]) != "2000" || string(row[2]) != "0" {
 		t.Fatalf("want the agent's row with 2000 stored and 0 lost:\n%s", out)
 	}
