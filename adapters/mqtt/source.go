@@ -235,6 +235,7 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetResumeSubs(false).
+		SetStore(noStore{}).
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
@@ -456,21 +457,7 @@ func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 		}
 		start := len(h.samples)
 		samples, err := dec.Decode(payload, sub.JSON, time.Now(), h.samples)
-		var partial ValueErrors
-		var whole *BadInputError
-		switch {
-		case err == nil:
-		case errors.As(err, &partial):
-			for _, e := range partial {
-				r.out.Bad(e.Reason, fmt.Errorf("topic %s: %w", topic, e))
-			}
-		case errors.As(err, &whole):
-			r.out.Bad(whole.Reason, fmt.Errorf("topic %s: %w", topic, whole))
-			m.Ack()
-			continue
-		default:
-			r.out.Bad(ReasonInvalidJSON, fmt.Errorf("topic %s: %w", topic, err))
-			m.Ack()
+		if err != nil && !r.refused(m, topic, err) {
 			continue
 		}
 		if samples != nil {
@@ -501,6 +488,27 @@ func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 		m.Ack()
 	}
 	clear(h.acks)
+}
+
+// refused reports a decode error of the message on topic and whether the
+// message still has samples to emit (some values were bad, not all).
+// Apart from handle so that the error targets escape only on this path.
+func (r *run) refused(m paho.Message, topic string, err error) (emit bool) {
+	var partial ValueErrors
+	var whole *BadInputError
+	switch {
+	case errors.As(err, &partial):
+		for _, e := range partial {
+			r.out.Bad(e.Reason, fmt.Errorf("topic %s: %w", topic, e))
+		}
+		return true
+	case errors.As(err, &whole):
+		r.out.Bad(whole.Reason, fmt.Errorf("topic %s: %w", topic, whole))
+	default:
+		r.out.Bad(ReasonInvalidJSON, fmt.Errorf("topic %s: %w", topic, err))
+	}
+	m.Ack()
+	return false
 }
 
 // match finds the subscription a topic arrived for; the first that

@@ -48,13 +48,20 @@ type Machine struct {
 // View is the live view of every machine. It is safe for concurrent use.
 type View struct {
 	mu       sync.Mutex
-	machines map[collector.Asset]*Machine
+	machines map[collector.Asset]*machine
 	now      func() time.Time
+}
+
+// machine is a Machine as the view keeps it: values by pointer, so that
+// a sample costs one map lookup, not a lookup and a store.
+type machine struct {
+	Machine
+	values map[string]*Value
 }
 
 // New returns an empty view.
 func New() *View {
-	return &View{machines: map[collector.Asset]*Machine{}, now: time.Now}
+	return &View{machines: map[collector.Asset]*machine{}, now: time.Now}
 }
 
 // Observe takes the normalised samples of one message of source.
@@ -62,7 +69,7 @@ func (v *View) Observe(source string, samples []collector.Sample) {
 	now := v.now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	var m *Machine // the machine of the previous sample: a message's samples share one
+	var m *machine // the machine of the previous sample: a message's samples share one
 	for i := range samples {
 		s := &samples[i]
 		if s.Window != "" || s.Asset.Machine == "" {
@@ -71,7 +78,7 @@ func (v *View) Observe(source string, samples []collector.Sample) {
 		if m == nil || m.Asset != s.Asset {
 			m = v.machines[s.Asset]
 			if m == nil {
-				m = &Machine{Asset: s.Asset, Values: map[string]Value{}}
+				m = &machine{Machine: Machine{Asset: s.Asset}, values: map[string]*Value{}}
 				v.machines[s.Asset] = m
 			}
 			m.Source, m.LastSeen = source, now
@@ -83,12 +90,16 @@ func (v *View) Observe(source string, samples []collector.Sample) {
 		if t.IsZero() {
 			t = s.ReceiveTime
 		}
-		old, ok := m.Values[s.Signal]
-		if ok && old.Time.After(t) {
+		val := m.values[s.Signal]
+		if val != nil && val.Time.After(t) {
 			continue // an older sample arriving late does not replace the last
 		}
-		if ok || len(m.Values) < maxSignals {
-			m.Values[s.Signal] = Value{Value: s.Value, Unit: s.Unit, Quality: s.Quality, Time: t, Seen: now}
+		if val == nil && len(m.values) < maxSignals {
+			val = new(Value)
+			m.values[s.Signal] = val
+		}
+		if val != nil {
+			*val = Value{Value: s.Value, Unit: s.Unit, Quality: s.Quality, Time: t, Seen: now}
 		}
 		if s.Signal == collector.SignalState {
 			state := s.Value.Str()
@@ -114,10 +125,10 @@ func (v *View) Machines() []Machine {
 	v.mu.Lock()
 	out := make([]Machine, 0, len(v.machines))
 	for _, m := range v.machines {
-		c := *m
-		c.Values = make(map[string]Value, len(m.Values))
-		for k, val := range m.Values {
-			c.Values[k] = val
+		c := m.Machine
+		c.Values = make(map[string]Value, len(m.values))
+		for k, val := range m.values {
+			c.Values[k] = *val
 		}
 		c.States = append([]StateChange(nil), m.States...)
 		out = append(out, c)
