@@ -106,6 +106,12 @@ func selfCPUSeconds() float64 {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
+// The agent's MQTT connections when --agent-connections is not given.
+const (
+	defaultConnsQoS0 = 1
+	defaultConnsQoS1 = 4
+)
+
 func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	var o loadOptions
 	fs := flag.NewFlagSet("shopfloor loadtest", flag.ContinueOnError)
@@ -114,7 +120,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.messages, "messages", 200000, "messages in all; one message is one point")
 	fs.IntVar(&o.qos, "qos", 1, "MQTT QoS of publisher and agent, 0 or 1")
 	fs.IntVar(&o.conns, "connections", 4, "publisher connections")
-	fs.IntVar(&o.agentConns, "agent-connections", 4, "the agent's MQTT connections (sources[].mqtt.connections)")
+	fs.IntVar(&o.agentConns, "agent-connections", 0, "the agent's MQTT connections (sources[].mqtt.connections); default 1 at QoS 0, 4 at QoS 1")
 	fs.StringVar(&o.mosquitto, "mosquitto", os.Getenv("SHOPFLOOR_MOSQUITTO"), "the mosquitto `binary` (default $SHOPFLOOR_MOSQUITTO or PATH)")
 	fs.StringVar(&o.influxd, "influxd", os.Getenv("SHOPFLOOR_INFLUXD"), "the influxd 1.8 `binary` (default $SHOPFLOOR_INFLUXD or PATH)")
 	fs.BoolVar(&o.unbounded, "unbounded-broker", false, "lift Mosquitto's queue limits (default: its defaults, as a real broker has them)")
@@ -125,6 +131,13 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the agent's CPU profile of the first 10 s under load to this `file` (go tool pprof reads it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
+	}
+	if o.agentConns == 0 {
+		// What the README advises: at QoS 0 one connection reads the most
+		// per system call; at QoS 1 the broker's 20 unacknowledged
+		// messages per connection cap what one takes, and from 4 the
+		// source also batches QoS 1 messages (see adapters/mqtt).
+		o.agentConns = map[int]int{0: defaultConnsQoS0, 1: defaultConnsQoS1}[o.qos]
 	}
 	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 || o.agentConns < 1 {
 		fmt.Fprintln(stderr, "shopfloor loadtest: need --qos 0 or 1, --machines >= 1, --messages >= machines, --connections >= 1, --agent-connections >= 1")
