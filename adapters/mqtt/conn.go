@@ -122,9 +122,11 @@ func (c *bufferedConn) Close() error {
 	return err
 }
 
-// openConnection dials the broker like paho does for the schemes this
-// source accepts, and buffers the reads.
-func openConnection(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+// OpenConnection dials the broker like paho does for the schemes this
+// source accepts, with reads buffered and writes coalesced (see
+// bufferedConn); it is a paho.OpenConnectionFunc. The sparkplug source
+// uses it too.
+func OpenConnection(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 	var (
 		conn net.Conn
 		err  error

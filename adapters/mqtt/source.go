@@ -236,11 +236,11 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetResumeSubs(false).
-		SetStore(noStore{}).
+		SetStore(NoStore{}).
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
-		SetCustomOpenConnectionFn(openConnection).
+		SetCustomOpenConnectionFn(OpenConnection).
 		// Ordered delivery to the handler keeps each topic's order
 		// through to the shard; the handler only enqueues.
 		SetOrderMatters(true).

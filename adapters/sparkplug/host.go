@@ -116,6 +116,18 @@ type worker struct {
 	spare   *sparkplugpb.Payload
 	buf     []collector.Sample
 	vals    []collector.Value
+	// batch, set while the worker loops, holds its emits and acks until
+	// the messages waiting in the shard are all handled.
+	batch *batch
+}
+
+// ack acknowledges m, or holds the acknowledgement for the batch.
+func (w *worker) ack(m *message) {
+	if w.batch != nil {
+		w.batch.acks = append(w.batch.acks, m.ack)
+		return
+	}
+	m.ack()
 }
 
 func newWorker(s *Source, ctx context.Context, out collector.Output, rebirth func(nodeKey)) *worker {
@@ -125,6 +137,8 @@ func newWorker(s *Source, ctx context.Context, out collector.Output, rebirth fun
 // loop handles messages and reorder deadlines until ctx ends or an Emit
 // fails, which it reports through stop.
 func (w *worker) loop(in <-chan *message, stop context.CancelCauseFunc) {
+	w.batch = &batch{out: w.out}
+	w.out = w.batch
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -140,8 +154,21 @@ func (w *worker) loop(in <-chan *message, stop context.CancelCauseFunc) {
 			return
 		case m := <-in:
 			err = w.handle(m)
+			// Then whatever else is waiting, written together.
+		drain:
+			for n := 1; err == nil && n < maxBatch; n++ {
+				select {
+				case m := <-in:
+					err = w.handle(m)
+				default:
+					break drain
+				}
+			}
 		case now := <-expired:
 			err = w.expire(now)
+		}
+		if err == nil {
+			err = w.batch.flush(w.ctx)
 		}
 		if err != nil {
 			if w.ctx.Err() == nil {
@@ -157,17 +184,17 @@ func (w *worker) loop(in <-chan *message, stop context.CancelCauseFunc) {
 func (w *worker) handle(m *message) error {
 	if len(m.payload) > w.s.cfg.MaxPayloadBytes {
 		w.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", m.topic, len(m.payload), w.s.cfg.MaxPayloadBytes))
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	if m.t.kind == typeNCMD || m.t.kind == typeDCMD {
 		// Commands are for edge nodes, ours included; nothing to read.
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	if err := DecodePayload(m.payload, w.spare); err != nil {
 		w.out.Bad(ReasonInvalidProtobuf, fmt.Errorf("topic %s: %w", m.topic, err))
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	m.pb = w.spare
@@ -199,14 +226,14 @@ func (w *worker) nbirth(m *message) error {
 func (w *worker) ndeath(m *message) error {
 	n := w.s.node(m.t.node, false)
 	if n == nil || !n.born {
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	if bd, ok := bdSeqOf(m.pb); ok && n.hasBdSeq && bd != n.bdSeq {
 		// The will of an older session, delivered late: the node is
 		// alive in the session its newer birth started.
 		w.s.log.Debug("ignoring NDEATH of an older session", "group", n.key.group, "edge_node", n.key.edge, "bdseq", bd, "current", n.bdSeq)
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	w.dropPending(n, "the edge node died")
@@ -214,7 +241,7 @@ func (w *worker) ndeath(m *message) error {
 	if err := w.offline(n, m.recv); err != nil {
 		return err
 	}
-	m.ack()
+	w.ack(m)
 	return nil
 }
 
@@ -265,7 +292,7 @@ func (w *worker) sequenced(m *message) error {
 	}
 	if m.pb.Seq == nil || *m.pb.Seq > 255 {
 		w.out.Bad(ReasonInvalidSeq, fmt.Errorf("topic %s: seq %v missing or above 255", m.topic, m.pb.Seq))
-		m.ack()
+		w.ack(m)
 		return nil
 	}
 	m.seq = uint8(*m.pb.Seq)
@@ -376,7 +403,7 @@ func (w *worker) dropPending(n *node, why string) {
 	}
 	w.out.Bad(ReasonSeqGap, fmt.Errorf("edge node %s/%s: %d messages waiting for seq %d dropped: %s", n.key.group, n.key.edge, len(n.pending), n.next, why))
 	for _, m := range n.pending {
-		m.ack()
+		w.ack(m)
 	}
 	clear(n.pending)
 	n.gapSince = time.Time{}
@@ -409,7 +436,7 @@ func (w *worker) apply(n *node, m *message) error {
 	case typeDDEATH:
 		d := n.devices[m.t.device]
 		if d == nil || !d.born {
-			m.ack()
+			w.ack(m)
 			return nil
 		}
 		d.born = false
@@ -417,14 +444,14 @@ func (w *worker) apply(n *node, m *message) error {
 			return err
 		}
 	}
-	m.ack()
+	w.ack(m)
 	return nil
 }
 
 func (w *worker) beforeBirth(n *node, m *message, what string) error {
 	w.out.Bad(ReasonBeforeBirth, fmt.Errorf("topic %s: %s before the %s's birth certificate; rebirth requested", m.topic, m.t.kind, what))
 	w.requestRebirth(n, m.t.kind+" before birth")
-	m.ack()
+	w.ack(m)
 	return nil
 }
 
@@ -526,7 +553,7 @@ func (w *worker) emitMetrics(n *node, m *message, set *metricSet, orig string) e
 			return fmt.Errorf("topic %s: %w", m.topic, err)
 		}
 	}
-	m.ack()
+	w.ack(m)
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/noordoostpolder/shopfloor/adapters/mqtt"
 	"github.com/noordoostpolder/shopfloor/adapters/sparkplug/sparkplugpb"
 	"github.com/noordoostpolder/shopfloor/collector"
 )
@@ -165,6 +166,10 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		SetResumeSubs(false).
 		SetAutoAckDisabled(true).
 		SetOrderMatters(true).
+		// Buffered reads and coalesced PUBACKs, and no store: see the
+		// mqtt source.
+		SetCustomOpenConnectionFn(mqtt.OpenConnection).
+		SetStore(mqtt.NoStore{}).
 		SetBinaryWill(stateTopic, statePayload(false, ts), 1, true).
 		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
 			t, err := parseTopic(m.Topic())
