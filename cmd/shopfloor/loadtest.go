@@ -37,6 +37,9 @@ type loadOptions struct {
 	stall                          time.Duration
 	cpuProfile                     string
 	agentConns                     int
+	payload                        string  // "json" or "sparkplug"
+	keep                           bool    // keep dir: the logs and data of every process
+	rate                           float64 // messages per second in all; 0 is full speed
 	dir                            string
 }
 
@@ -120,6 +123,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.messages, "messages", 200000, "messages in all; one message is one point")
 	fs.IntVar(&o.qos, "qos", 1, "MQTT QoS of publisher and agent, 0 or 1")
 	fs.IntVar(&o.conns, "connections", 4, "publisher connections")
+	fs.StringVar(&o.payload, "payload", "json", "what the machines publish: json, or sparkplug (Sparkplug B births and DDATA through the agent's sparkplug source)")
 	fs.IntVar(&o.agentConns, "agent-connections", 0, "the agent's MQTT connections (sources[].mqtt.connections); default 1 at QoS 0, 4 at QoS 1")
 	fs.StringVar(&o.mosquitto, "mosquitto", os.Getenv("SHOPFLOOR_MOSQUITTO"), "the mosquitto `binary` (default $SHOPFLOOR_MOSQUITTO or PATH)")
 	fs.StringVar(&o.influxd, "influxd", os.Getenv("SHOPFLOOR_INFLUXD"), "the influxd 1.8 `binary` (default $SHOPFLOOR_INFLUXD or PATH)")
@@ -128,6 +132,8 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.backlog, "backlog", false, "keep InfluxDB down while publishing, then measure the drain (queue memory test)")
 	fs.StringVar(&o.other, "other", "", "also run this collector `command` (with MQTT_URL, INFLUX_URL, INFLUX_BUCKET, QOS in its environment) on the same load")
 	fs.DurationVar(&o.stall, "stall", 30*time.Second, "give up when no point arrives for this long")
+	fs.Float64Var(&o.rate, "rate", 0, "publish this many messages per second in all (0: as fast as the broker takes them)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (each process's log and data) and say where it is")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the agent's CPU profile of the first 10 s under load to this `file` (go tool pprof reads it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -139,7 +145,21 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 		// source also batches QoS 1 messages (see adapters/mqtt).
 		o.agentConns = map[int]int{0: defaultConnsQoS0, 1: defaultConnsQoS1}[o.qos]
 	}
-	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 || o.agentConns < 1 {
+	if o.payload != "json" && o.payload != "sparkplug" {
+		fmt.Fprintf(stderr, "shopfloor loadtest: --payload %q: want json or sparkplug\n", o.payload)
+		return exitUsage
+	}
+	if o.payload == "sparkplug" {
+		// Sparkplug B 3.0 publishes births and data at QoS 0.
+		qosSet := false
+		fs.Visit(func(f *flag.Flag) { qosSet = qosSet || f.Name == "qos" })
+		if qosSet && o.qos != 0 {
+			fmt.Fprintln(stderr, "shopfloor loadtest: Sparkplug B edge nodes publish NBIRTH, DBIRTH and DDATA at QoS 0; leave out --qos or give --qos 0")
+			return exitUsage
+		}
+		o.qos = 0
+	}
+	if o.qos != 0 && o.qos != 1 || o.machines < 1 || o.messages < o.machines || o.conns < 1 || o.agentConns < 1 || o.rate < 0 {
 		fmt.Fprintln(stderr, "shopfloor loadtest: need --qos 0 or 1, --machines >= 1, --messages >= machines, --connections >= 1, --agent-connections >= 1")
 		return exitUsage
 	}
@@ -162,7 +182,11 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitFailed
 	}
-	defer os.RemoveAll(dir)
+	if o.keep {
+		fmt.Fprintf(stderr, "shopfloor loadtest: logs and data stay in %s\n", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	o.dir = dir
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -176,7 +200,11 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 }
 
 func printLoadResults(w io.Writer, o loadOptions, rs []loadResult) {
-	fmt.Fprintf(w, "\n%d machines, %d messages, QoS %d, broker queue limits %s, agent MQTT connections %d\n", o.machines, o.messages, o.qos,
+	speed := "full speed"
+	if o.rate > 0 {
+		speed = fmt.Sprintf("%.0f messages/s", o.rate)
+	}
+	fmt.Fprintf(w, "\n%d machines, %d %s messages at %s, QoS %d, broker queue limits %s, agent MQTT connections %d\n", o.machines, o.messages, o.payload, speed, o.qos,
 		map[bool]string{true: "lifted", false: "Mosquitto defaults"}[o.unbounded], o.agentConns)
 	fmt.Fprintf(w, "%-34s %10s %10s %12s %9s %8s %8s %8s %6s %7s %7s %8s\n", "path", "stored", "per s", "CPU s/100k", "RSS MiB", "p50 s", "p99 s", "loss", "cores", "broker", "influx", "harness")
 	f := func(v float64, prec int) string {
@@ -377,6 +405,14 @@ func (e *loadEnv) close() {
 // loadFields is how many fields (samples) one load message carries.
 const loadFields = 6
 
+// topicFilter is what a subscriber of the whole load subscribes to.
+func (o loadOptions) topicFilter() string {
+	if o.payload == "sparkplug" {
+		return "spBv1.0/#"
+	}
+	return "factory/#"
+}
+
 // message renders message i: 5 numbers and a string, one point.
 func message(o loadOptions, i int, ts int64) (string, []byte) {
 	m := i % o.machines
@@ -391,18 +427,86 @@ func message(o loadOptions, i int, ts int64) (string, []byte) {
 // on by one where a machine already has that millisecond (InfluxDB keeps
 // one point per series and time), so latency is measured from the real
 // publish.
-func publish(ctx context.Context, o loadOptions, mqttURL string, sent *atomic.Int64) error {
+//
+// The Sparkplug load also answers the agent's rebirth requests (NCMD Node
+// Control/Rebirth, which it sends after a gap in a node's sequence
+// numbers) as an edge node does: with the node's NBIRTH and DBIRTHs.
+// births counts the DBIRTHs, each of which is one point more.
+func publish(ctx context.Context, o loadOptions, mqttURL string, sent, births *atomic.Int64) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, o.conns)
 	last := make([]atomic.Int64, o.machines) // per machine, its last timestamp
+	var rebirth [sparkplugLines]atomic.Bool
+	began := time.Now()
+	if o.payload == "sparkplug" {
+		stop, err := leanSubscribe(mqttURL, "spBv1.0/"+sparkplugGroup+"/NCMD/+", 0, func(topic []byte) {
+			var n int
+			if _, err := fmt.Sscanf(string(topic), "spBv1.0/"+sparkplugGroup+"/NCMD/line-%d", &n); err == nil && n >= 0 && n < sparkplugLines {
+				rebirth[n].Store(true)
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("rebirth listener: %w", err)
+		}
+		defer stop()
+	}
 	for c := 0; c < o.conns; c++ {
 		pub, err := dialLeanPublisher(mqttURL, fmt.Sprintf("loadtest-pub-%d-%d", c, time.Now().UnixNano()), byte(o.qos), sent)
 		if err != nil {
 			return fmt.Errorf("publisher connect: %w", err)
 		}
 		wg.Go(func() {
-			for i := c; i < o.messages && ctx.Err() == nil; i += o.conns {
+			sparkplug := o.payload == "sparkplug"
+			var seq [sparkplugLines]uint64 // per edge node, the next sequence number
+			born := func(n int) error {
+				ts := time.Now().UnixMilli()
+				for m := n; m < o.machines; m += min(sparkplugLines, o.machines) {
+					last[m].Store(max(last[m].Load(), ts)) // its data comes later than its birth
+				}
+				topics, payloads := sparkplugBirths(o, n, ts)
+				for k := range topics {
+					if err := pub.Publish(topics[k], payloads[k]); err != nil {
+						return fmt.Errorf("publish a birth: %w", err)
+					}
+				}
+				births.Add(int64(len(topics) - 1))
+				seq[n] = uint64(len(topics) % 256)
+				return nil
+			}
+			if sparkplug {
+				for n := c; n < min(sparkplugLines, o.machines); n += o.conns {
+					if err := born(n); err != nil {
+						errs <- err
+						_ = pub.Close()
+						return
+					}
+				}
+			}
+			start, step := c, o.conns
+			if sparkplug {
+				start, step = 0, 1 // every message of a node through its one connection
+			}
+			for i := start; i < o.messages && ctx.Err() == nil; i += step {
 				m := i % o.machines
+				n := sparkplugNode(o, m)
+				if sparkplug && n%o.conns != c {
+					continue
+				}
+				if sparkplug && rebirth[n].Swap(false) {
+					if err := born(n); err != nil {
+						errs <- err
+						_ = pub.Close()
+						return
+					}
+				}
+				if o.rate > 0 {
+					// Message i is due i/rate after the start; a
+					// connection ahead of that waits, in steps of at
+					// least a millisecond so as not to sleep per message.
+					if d := time.Until(began.Add(time.Duration(float64(i) / o.rate * float64(time.Second)))); d > time.Millisecond {
+						time.Sleep(d)
+					}
+				}
 				var ts int64
 				for {
 					prev := last[m].Load()
@@ -410,7 +514,14 @@ func publish(ctx context.Context, o loadOptions, mqttURL string, sent *atomic.In
 						break
 					}
 				}
-				topic, payload := message(o, i, ts)
+				var topic string
+				var payload []byte
+				if sparkplug {
+					topic, payload = sparkplugData(o, i, ts, seq[n])
+					seq[n] = (seq[n] + 1) % 256
+				} else {
+					topic, payload = message(o, i, ts)
+				}
 				if err := pub.Publish(topic, payload); err != nil {
 					errs <- fmt.Errorf("publish: %w", err)
 					_ = pub.Close()
@@ -446,7 +557,7 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	defer env.close()
 	mqttURL := env.mqttURL
 	var got atomic.Int64
-	stopSub, err := leanSubscribe(mqttURL, "factory/#", byte(o.qos), &got)
+	stopSub, err := leanSubscribe(mqttURL, o.topicFilter(), byte(o.qos), func([]byte) { got.Add(1) })
 	if err != nil {
 		return r, err
 	}
@@ -454,11 +565,20 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	var sent atomic.Int64
 	start := time.Now()
 	measured := measureCPU(env)
-	if err := publish(ctx, o, mqttURL, &sent); err != nil {
+	var births atomic.Int64
+	if err := publish(ctx, o, mqttURL, &sent, &births); err != nil {
 		return r, err
 	}
 	last, lastChange := int64(-1), time.Now()
-	for got.Load() < int64(o.messages) && time.Since(lastChange) < 5*time.Second {
+	// Every message, and with Sparkplug the births: a DBIRTH per machine
+	// (counted) and an NBIRTH per node.
+	deliveries := func() int {
+		if births.Load() == 0 {
+			return o.messages
+		}
+		return o.messages + int(births.Load()) + min(sparkplugLines, o.machines)
+	}
+	for got.Load() < int64(deliveries()) && time.Since(lastChange) < 5*time.Second {
 		if n := got.Load(); n != last {
 			last, lastChange = n, time.Now()
 		}
@@ -467,9 +587,9 @@ func brokerCeiling(ctx context.Context, o loadOptions, progress io.Writer) (load
 	r.Stored = int(got.Load())
 	r.Seconds = lastChange.Sub(start).Seconds()
 	r.PerSecond = float64(r.Stored) / r.Seconds
-	r.Loss = o.messages - r.Stored
+	r.Loss = deliveries() - r.Stored
 	measured(&r)
-	fmt.Fprintf(progress, "ceiling broker only: %d of %d in %.1f s\n", r.Stored, o.messages, r.Seconds)
+	fmt.Fprintf(progress, "ceiling broker only: %d of %d in %.1f s\n", r.Stored, deliveries(), r.Seconds)
 	return r, nil
 }
 
@@ -569,6 +689,33 @@ sink:
     bucket: ${INFLUX_BUCKET}
 `
 
+// loadAgentSparkplugConfig reads the Sparkplug form of the load: the
+// edge node is the line, the device the machine, and the metrics map
+// as in loadAgentConfig.
+const loadAgentSparkplugConfig = `agent:
+  data_dir: ${SHOPFLOOR_DATA_DIR}
+  http: {listen: "${SHOPFLOOR_HTTP}", pprof: true}
+  log: {level: info}
+sources:
+  - name: load
+    sparkplug:
+      url: ${MQTT_URL}
+      host_id: shopfloor-loadtest
+    asset:
+      site: plant
+      machine_type: cnc
+      from_origin: ["{area}/{line}/{machine}"]
+    mapping:
+      - {match: spindle_speed, signal: spindle_speed_rpm}
+      - {match: spindle_load, signal: spindle_load_pct}
+      - {match: part_count, signal: part_count_good}
+      - {match: temperature, signal: temperature_c}
+sink:
+  influxdb:
+    url: ${INFLUX_URL}
+    bucket: ${INFLUX_BUCKET}
+`
+
 // collectorRun drives the load through a collector process into InfluxDB.
 // In args, "{config}" is replaced by the agent config's path.
 func collectorRun(ctx context.Context, o loadOptions, name string, args []string, progress io.Writer) (loadResult, error) {
@@ -581,7 +728,11 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	defer env.close()
 	mqttURL, influxURL, dir := env.mqttURL, env.influxURL, env.dir
 	cfgPath := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfgPath, []byte(loadAgentConfig), 0o640); err != nil {
+	agentConfig := loadAgentConfig
+	if o.payload == "sparkplug" {
+		agentConfig = loadAgentSparkplugConfig
+	}
+	if err := os.WriteFile(cfgPath, []byte(agentConfig), 0o640); err != nil {
 		return r, err
 	}
 	httpPort, _ := freePort("127.0.0.1:0")
@@ -612,7 +763,9 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	var sent atomic.Int64
 	start := time.Now()
 	pubDone := make(chan error, 1)
-	go func() { pubDone <- publish(ctx, o, mqttURL, &sent) }()
+	var births atomic.Int64 // Sparkplug DBIRTHs: a point each
+	points := func() int { return o.messages + int(births.Load()) }
+	go func() { pubDone <- publish(ctx, o, mqttURL, &sent, &births) }()
 	if isAgent && o.cpuProfile != "" {
 		profDone := make(chan struct{})
 		defer func() { <-profDone }()
@@ -636,7 +789,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 		lastQ, changed := -1.0, time.Now()
 		for time.Since(changed) < o.stall {
 			q := scrapeMetric(httpURL, "shopfloor_queue_samples")
-			if q >= float64(o.messages*loadFields) {
+			if q >= float64(points()*loadFields) {
 				break
 			}
 			if q != lastQ {
@@ -667,7 +820,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	defer tick.Stop()
 	pubErr := error(nil)
 	lastWritten, lastPrint := -1.0, time.Now()
-	for stored < o.messages && time.Since(lastChange) < o.stall {
+	for stored < points() && time.Since(lastChange) < o.stall {
 		select {
 		case <-ctx.Done():
 			return r, ctx.Err()
@@ -681,7 +834,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 			if w != lastWritten {
 				lastWritten, lastChange = w, time.Now()
 			}
-			if w < float64(o.messages*loadFields) && time.Since(lastPrint) < time.Second {
+			if w < float64(points()*loadFields) && time.Since(lastPrint) < time.Second {
 				continue
 			}
 			end := lastChange
@@ -701,7 +854,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	r.Stored = stored
 	r.Seconds = lastChange.Sub(start).Seconds()
 	r.PerSecond = float64(stored) / r.Seconds
-	r.Loss = o.messages - stored
+	r.Loss = points() - stored
 	r.CPUPer100k = (p.cpuSeconds() - cpu0) / float64(max(stored, 1)) * 100000
 	r.PeakRSSMiB = p.peakRSSMiB()
 	measured(&r)

@@ -170,11 +170,12 @@ func (p *leanPublisher) Close() error {
 	return errors.Join(err, p.conn.Close())
 }
 
-// leanSubscribe is the broker-only ceiling's subscriber: one connection
-// that counts PUBLISH packets on filter and acknowledges QoS 1 ones,
-// batching its PUBACKs into one write per read. It is as cheap a
+// leanSubscribe is the broker-only ceiling's subscriber (and the Sparkplug
+// load's listener for rebirth requests): one connection that hands the
+// topic of every PUBLISH on filter to onMessage and acknowledges QoS 1
+// ones, batching its PUBACKs into one write per read. It is as cheap a
 // subscriber as MQTT allows, so the ceiling is the broker's.
-func leanSubscribe(mqttURL, filter string, qos byte, got *atomic.Int64) (stop func(), err error) {
+func leanSubscribe(mqttURL, filter string, qos byte, onMessage func(topic []byte)) (stop func(), err error) {
 	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(mqttURL, "tcp://"), 10*time.Second)
 	if err != nil {
 		return nil, err
@@ -232,7 +233,11 @@ func leanSubscribe(mqttURL, filter string, qos byte, got *atomic.Int64) (stop fu
 			if h>>4 != 3 {
 				continue
 			}
-			got.Add(1)
+			if len(b) >= 2 {
+				if tl := int(binary.BigEndian.Uint16(b)); len(b) >= 2+tl {
+					onMessage(b[2 : 2+tl])
+				}
+			}
 			if (h>>1)&3 == 1 && len(b) >= 2 {
 				tl := int(binary.BigEndian.Uint16(b))
 				if len(b) >= 4+tl {
