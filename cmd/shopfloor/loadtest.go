@@ -144,7 +144,7 @@ func runLoadtest(args []string, stdout, stderr io.Writer) int {
 		// messages per connection cap what one takes, from 4 the source
 		// also batches QoS 1 messages (see adapters/mqtt), and 8 hold the
 		// first second of a full-speed publisher, while the agent warms
-		// up, where 4 lost a few dozen messages in one 200k run of three.
+		// up, where 4 lost a few dozen messages in 3 of 5 200k runs.
 		o.agentConns = map[int]int{0: defaultConnsQoS0, 1: defaultConnsQoS1}[o.qos]
 	}
 	if o.payload != "json" && o.payload != "sparkplug" {
