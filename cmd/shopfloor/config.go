@@ -106,6 +106,14 @@ const (
 	DefaultHTTPListen = "127.0.0.1:9180"
 )
 
+// samplesPerPoint converts the sink's batch_size, in points (lines), to
+// the pipeline's batch, in samples: a machine's message typically carries
+// about this many fields, which become one point. The pipeline once took
+// batch_size samples, so a request held a sixth of the points it was
+// meant to; at 1M messages (6 fields) that cost 15 % of the throughput and
+// doubled the p99. The sink still cuts requests at batch_size points.
+const samplesPerPoint = 6
+
 // SetDefaults fills unset values of every section; the loader calls it on
 // the root only.
 func (c *Config) SetDefaults() {
@@ -126,7 +134,7 @@ func (c *Config) SetDefaults() {
 		// An invalid value is reported once, under the sink's key; the
 		// pipeline then keeps its own default.
 		if s.BatchSize > 0 {
-			c.Pipeline.BatchSize = s.BatchSize
+			c.Pipeline.BatchSize = s.BatchSize * samplesPerPoint
 		}
 		if s.FlushInterval > 0 {
 			c.Pipeline.FlushInterval = s.FlushInterval
