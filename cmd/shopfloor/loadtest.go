@@ -662,13 +662,11 @@ func influxCeiling(ctx context.Context, o loadOptions, conns int, progress io.Wr
 	return r, nil
 }
 
-const loadAgentConfig = `agent:
-  data_dir: ${SHOPFLOOR_DATA_DIR}
-  http: {listen: "${SHOPFLOOR_HTTP}", pprof: true}
-  log: {level: warn}
-sources:
-  - name: load
-    mqtt:
+// loadAgentConfig is the agent's config for the load: the JSON form read
+// by an mqtt source, or the Sparkplug form by a sparkplug host (edge node
+// = line, device = machine); the same mapping and sink for both.
+func loadAgentConfig(payload string) string {
+	source := `    mqtt:
       url: ${MQTT_URL}
       client_id: shopfloor-loadtest
       connections: ${AGENT_CONNECTIONS}
@@ -680,34 +678,24 @@ sources:
       site: plant
       machine_type: cnc
       from_origin: ["factory/{line}/{machine}/telemetry"]
-    mapping:
-      - {match: spindle_speed, signal: spindle_speed_rpm}
-      - {match: spindle_load, signal: spindle_load_pct}
-      - {match: part_count, signal: part_count_good}
-      - {match: temperature, signal: temperature_c}
-sink:
-  influxdb:
-    url: ${INFLUX_URL}
-    bucket: ${INFLUX_BUCKET}
 `
-
-// loadAgentSparkplugConfig reads the Sparkplug form of the load: the
-// edge node is the line, the device the machine, and the metrics map
-// as in loadAgentConfig.
-const loadAgentSparkplugConfig = `agent:
-  data_dir: ${SHOPFLOOR_DATA_DIR}
-  http: {listen: "${SHOPFLOOR_HTTP}", pprof: true}
-  log: {level: info}
-sources:
-  - name: load
-    sparkplug:
+	if payload == "sparkplug" {
+		source = `    sparkplug:
       url: ${MQTT_URL}
       host_id: shopfloor-loadtest
     asset:
       site: plant
       machine_type: cnc
       from_origin: ["{area}/{line}/{machine}"]
-    mapping:
+`
+	}
+	return `agent:
+  data_dir: ${SHOPFLOOR_DATA_DIR}
+  http: {listen: "${SHOPFLOOR_HTTP}", pprof: true}
+  log: {level: warn}
+sources:
+  - name: load
+` + source + `    mapping:
       - {match: spindle_speed, signal: spindle_speed_rpm}
       - {match: spindle_load, signal: spindle_load_pct}
       - {match: part_count, signal: part_count_good}
@@ -717,6 +705,7 @@ sink:
     url: ${INFLUX_URL}
     bucket: ${INFLUX_BUCKET}
 `
+}
 
 // collectorRun drives the load through a collector process into InfluxDB.
 // In args, "{config}" is replaced by the agent config's path.
@@ -730,11 +719,7 @@ func collectorRun(ctx context.Context, o loadOptions, name string, args []string
 	defer env.close()
 	mqttURL, influxURL, dir := env.mqttURL, env.influxURL, env.dir
 	cfgPath := filepath.Join(dir, "agent.yaml")
-	agentConfig := loadAgentConfig
-	if o.payload == "sparkplug" {
-		agentConfig = loadAgentSparkplugConfig
-	}
-	if err := os.WriteFile(cfgPath, []byte(agentConfig), 0o640); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(loadAgentConfig(o.payload)), 0o640); err != nil {
 		return r, err
 	}
 	httpPort, _ := freePort("127.0.0.1:0")
