@@ -42,9 +42,9 @@ type Config struct {
 	// pointer because YAML cannot tell "gzip: false" from a missing key for
 	// a plain bool. Use UseGzip to read it.
 	Gzip *bool `yaml:"gzip"`
-	// BatchSize is the most points (lines) per HTTP request. The pipeline
-	// sizes its batches with it too, so one pipeline batch is usually one
-	// request.
+	// BatchSize is the most points (lines) per HTTP request. The agent
+	// sizes the pipeline's batches from it too, at six samples a point,
+	// so one pipeline batch is usually one request.
 	BatchSize int `yaml:"batch_size"`
 	// FlushInterval is how long the pipeline lets a partial batch wait.
 	// The sink itself does not read it.
