@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
@@ -103,6 +104,29 @@ func (c *bufferedConn) flush() {
 		}
 		c.wake.Broadcast()
 		c.mu.Unlock()
+	}
+}
+
+// directAck is a QoS 1 message whose PUBACK goes straight into the
+// buffered connection it came in on: four bytes appended under one lock.
+// paho's own Ack is equivalent on the wire (for an incoming QoS 1 message
+// it keeps no state beyond its store, which this source does not use) but
+// per message runs a sync.Once, allocates a packet, formats a store key
+// with fmt.Sprintf and hands the packet to its writer goroutine: about a
+// tenth of the agent's CPU at high QoS 1 rates. A PUBACK for a connection
+// that has closed is dropped, as paho drops it; the broker then
+// redelivers the message to the next session.
+type directAck struct {
+	paho.Message
+	conn  *bufferedConn
+	acked atomic.Bool
+}
+
+// Ack sends the PUBACK, once.
+func (m *directAck) Ack() {
+	if m.acked.CompareAndSwap(false, true) {
+		id := m.MessageID()
+		_, _ = m.conn.Write([]byte{0x40, 2, byte(id >> 8), byte(id)})
 	}
 }
 

@@ -56,3 +56,39 @@ func TestBufferedConnReportsWriteErrors(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestDirectAckWritesOnePuback: a directAck's Ack puts exactly the PUBACK
+// paho would send (type 4, length 2, the message id) on its connection,
+// once however often it is called, and a QoS 1 message that is never
+// acknowledged puts nothing there.
+func TestDirectAckWritesOnePuback(t *testing.T) {
+	a, b := net.Pipe()
+	c := newBufferedConn(a)
+	var got bytes.Buffer
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _, _ = io.Copy(&got, b) }()
+	acked := &directAck{Message: idMessage(0x1234), conn: c}
+	acked.Ack()
+	acked.Ack()
+	_ = &directAck{Message: idMessage(0x0777), conn: c} // delivered, not acknowledged
+	(&directAck{Message: idMessage(0x00ff), conn: c}).Ack()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if want := []byte{0x40, 2, 0x12, 0x34, 0x40, 2, 0x00, 0xff}; !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("connection got % x, want % x", got.Bytes(), want)
+	}
+}
+
+// idMessage is a QoS 1 message with an id and nothing else.
+type idMessage uint16
+
+func (m idMessage) Duplicate() bool   { return false }
+func (m idMessage) Qos() byte         { return 1 }
+func (m idMessage) Retained() bool    { return false }
+func (m idMessage) Topic() string     { return "t" }
+func (m idMessage) MessageID() uint16 { return uint16(m) }
+func (m idMessage) Payload() []byte   { return nil }
+func (m idMessage) Ack()              { panic("paho's Ack called; the PUBACK must go straight to the connection") }

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -221,6 +224,9 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 // had a session for id.
 func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho.Message) paho.Message, onLost func(error)) (paho.Client, bool, error) {
 	cfg := r.s.cfg
+	// The connection paho reads this client's messages from; their
+	// PUBACKs are written straight into it (see directAck).
+	var conn atomic.Pointer[bufferedConn]
 	opts := paho.NewClientOptions().
 		AddBroker(cfg.URL).
 		SetClientID(id).
@@ -240,13 +246,22 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
-		SetCustomOpenConnectionFn(OpenConnection).
+		SetCustomOpenConnectionFn(func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+			c, err := OpenConnection(uri, o)
+			if bc, ok := c.(*bufferedConn); ok {
+				conn.Store(bc)
+			}
+			return c, err
+		}).
 		// Ordered delivery to the handler keeps each topic's order
 		// through to the shard; the handler only enqueues.
 		SetOrderMatters(true).
 		// A persistent session may deliver queued messages before the
 		// SUBACK; the default handler takes them like any other.
 		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
+			if bc := conn.Load(); bc != nil && m.Qos() == 1 {
+				m = &directAck{Message: m, conn: bc}
+			}
 			if wrap != nil {
 				m = wrap(m)
 			}
