@@ -4,21 +4,25 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
+
+// pipe is a bufferedConn on one end of a pipe; received returns what the
+// other end read, once the connection is closed.
+func pipe() (c *bufferedConn, received func() []byte) {
+	a, b := net.Pipe()
+	var got bytes.Buffer
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = io.Copy(&got, b) }()
+	return newBufferedConn(a), func() []byte { <-done; return got.Bytes() }
+}
 
 // TestBufferedConnKeepsOrderAndFlushesOnClose writes from many small
 // writes, as paho's PUBACKs are, and wants every byte, in order, before
 // the peer sees the close.
 func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
-	a, b := net.Pipe()
-	c := newBufferedConn(a)
-	var got bytes.Buffer
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _, _ = io.Copy(&got, b) }()
+	c, received := pipe()
 	var want bytes.Buffer
 	for i := 0; i < 5000; i++ {
 		p := []byte{0x40, 0x02, byte(i >> 8), byte(i)}
@@ -30,9 +34,8 @@ func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
-	if !bytes.Equal(got.Bytes(), want.Bytes()) {
-		t.Fatalf("peer got %d bytes, want %d in order", got.Len(), want.Len())
+	if got := received(); !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("peer got %d bytes, want %d in order", len(got), want.Len())
 	}
 	if _, err := c.Write([]byte{1}); err == nil {
 		t.Error("Write after Close succeeded")
@@ -62,12 +65,7 @@ func TestBufferedConnReportsWriteErrors(t *testing.T) {
 // once however often it is called, and a QoS 1 message that is never
 // acknowledged puts nothing there.
 func TestDirectAckWritesOnePuback(t *testing.T) {
-	a, b := net.Pipe()
-	c := newBufferedConn(a)
-	var got bytes.Buffer
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _, _ = io.Copy(&got, b) }()
+	c, received := pipe()
 	acked := &directAck{Message: idMessage(0x1234), conn: c}
 	acked.Ack()
 	acked.Ack()
@@ -76,9 +74,8 @@ func TestDirectAckWritesOnePuback(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	wg.Wait()
-	if want := []byte{0x40, 2, 0x12, 0x34, 0x40, 2, 0x00, 0xff}; !bytes.Equal(got.Bytes(), want) {
-		t.Fatalf("connection got % x, want % x", got.Bytes(), want)
+	if got, want := received(), []byte{0x40, 2, 0x12, 0x34, 0x40, 2, 0x00, 0xff}; !bytes.Equal(got, want) {
+		t.Fatalf("connection got % x, want % x", got, want)
 	}
 }
 
