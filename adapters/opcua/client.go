@@ -80,6 +80,7 @@ func dial(ctx context.Context, cfg Config, pki *PKI, logger *slog.Logger, stateC
 		opts = append(opts, opcua.StateChangedCh(stateCh))
 	}
 	var authType ua.UserTokenType
+	var userCert []byte // the certificate of a certificate login, for the hint when it is refused
 	switch cfg.Auth.Method {
 	case AuthUsername:
 		authType = ua.UserTokenTypeUserName
@@ -92,6 +93,7 @@ func dial(ctx context.Context, cfg Config, pki *PKI, logger *slog.Logger, stateC
 				return nil, err
 			}
 		}
+		userCert = ucert
 		opts = append(opts, opcua.AuthCertificate(ucert), opcua.AuthPrivateKey(ukey))
 	default:
 		authType = ua.UserTokenTypeAnonymous
@@ -111,7 +113,7 @@ func dial(ctx context.Context, cfg Config, pki *PKI, logger *slog.Logger, stateC
 	defer cancel2()
 	if err := c.Connect(cctx); err != nil {
 		_ = c.Close(context.Background())
-		return nil, fmt.Errorf("connect: %w%s", err, connectHint(err))
+		return nil, fmt.Errorf("connect: %w%s", err, connectHint(err, cfg.Auth, userCert, pki.CertPath()))
 	}
 	logger.Debug("connected", "endpoint", cfg.Endpoint, "policy", cfg.SecurityPolicy, "mode", cfg.SecurityMode, "auth", cfg.Auth.Method)
 	return c, nil
@@ -129,10 +131,30 @@ func offersToken(ep *ua.EndpointDescription, t ua.UserTokenType) bool {
 	return false
 }
 
-func connectHint(err error) string {
+// connectHint tells the operator what to change after a refused
+// connection. A refused login is explained by the login method used: a
+// server that refuses a user certificate answers with the same status
+// codes as one that refuses a password, so "check the password" would
+// send the operator of a certificate login the wrong way.
+// userCert is the certificate of a certificate login and appCertPath
+// the application certificate's file.
+func connectHint(err error, auth Auth, userCert []byte, appCertPath string) string {
+	loginRefused := errors.Is(err, ua.StatusBadUserAccessDenied) || errors.Is(err, ua.StatusBadIdentityTokenRejected) ||
+		errors.Is(err, ua.StatusBadIdentityTokenInvalid) || errors.Is(err, ua.StatusBadUserSignatureInvalid)
 	switch {
-	case errors.Is(err, ua.StatusBadUserAccessDenied), errors.Is(err, ua.StatusBadIdentityTokenRejected), errors.Is(err, ua.StatusBadIdentityTokenInvalid):
+	case loginRefused && auth.Method == AuthCertificate:
+		which := "the user certificate " + auth.CertFile
+		if auth.CertFile == "" {
+			which = "the application certificate " + appCertPath + " as user certificate (auth.cert_file is empty)"
+		}
+		if errors.Is(err, ua.StatusBadUserSignatureInvalid) {
+			return fmt.Sprintf(" (the server could not verify the token signed with %s (thumbprint %s))", which, Thumbprint(userCert))
+		}
+		return fmt.Sprintf(" (the server refused %s (thumbprint %s): trust it in the server's user certificate store, or set auth.cert_file and auth.key_file to a user certificate the server trusts)", which, Thumbprint(userCert))
+	case loginRefused && auth.Method == AuthUsername:
 		return " (check auth.username and auth.password)"
+	case loginRefused:
+		return " (the server refuses anonymous login: set auth.username and auth.password, or auth.method: certificate)"
 	case errors.Is(err, ua.StatusBadSecurityChecksFailed), errors.Is(err, ua.StatusBadCertificateUntrusted):
 		return " (the server does not trust the agent's application certificate yet: trust it in the server's certificate manager)"
 	}

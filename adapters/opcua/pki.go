@@ -157,23 +157,29 @@ func loadKeyPair(certPath, keyPath string) ([]byte, *rsa.PrivateKey, error) {
 	if b, _ := pem.Decode(certBytes); b != nil {
 		der = b.Bytes
 	}
-	if _, err := x509.ParseCertificate(der); err != nil {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
 	}
 	kb := keyBytes
 	if b, _ := pem.Decode(keyBytes); b != nil {
 		kb = b.Bytes
 	}
-	if k, err := x509.ParsePKCS1PrivateKey(kb); err == nil {
-		return der, k, nil
-	}
-	k, err := x509.ParsePKCS8PrivateKey(kb)
+	rk, err := x509.ParsePKCS1PrivateKey(kb)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: not an RSA private key: %w", keyPath, err)
+		k, err8 := x509.ParsePKCS8PrivateKey(kb)
+		if err8 != nil {
+			return nil, nil, fmt.Errorf("%s: not an RSA private key: %w", keyPath, err8)
+		}
+		var ok bool
+		if rk, ok = k.(*rsa.PrivateKey); !ok {
+			return nil, nil, fmt.Errorf("%s: OPC UA needs an RSA key, got %T", keyPath, k)
+		}
 	}
-	rk, ok := k.(*rsa.PrivateKey)
-	if !ok {
-		return nil, nil, fmt.Errorf("%s: OPC UA needs an RSA key, got %T", keyPath, k)
+	// A key of another certificate would only show at the server, as
+	// a signature it cannot verify; say it here, naming both files.
+	if pub, ok := cert.PublicKey.(*rsa.PublicKey); !ok || !pub.Equal(&rk.PublicKey) {
+		return nil, nil, fmt.Errorf("%s is not the private key of %s", keyPath, certPath)
 	}
 	return der, rk, nil
 }

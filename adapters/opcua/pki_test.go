@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -49,5 +50,27 @@ func TestPKITrustList(t *testing.T) {
 	again, _, err := p.ApplicationCertificate("urn:shopfloor:test")
 	if err != nil || string(again) != string(own) {
 		t.Errorf("application certificate regenerated: %v", err)
+	}
+}
+
+// TestLoadKeyPairMismatch: a key that belongs to another certificate is
+// refused when the files are read, naming both, instead of as a
+// signature the server cannot verify.
+func TestLoadKeyPairMismatch(t *testing.T) {
+	dir := t.TempDir()
+	a := newPKI(filepath.Join(dir, "a"), testLogger())
+	b := newPKI(filepath.Join(dir, "b"), testLogger())
+	for _, p := range []*PKI{a, b} {
+		if _, _, err := p.ApplicationCertificate("urn:shopfloor:test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := loadKeyPair(a.CertPath(), a.KeyPath()); err != nil {
+		t.Errorf("matching pair: %v", err)
+	}
+	_, _, err := loadUserCert(a.CertPath(), b.KeyPath())
+	if err == nil || !strings.Contains(err.Error(), "is not the private key of") ||
+		!strings.Contains(err.Error(), a.CertPath()) || !strings.Contains(err.Error(), b.KeyPath()) {
+		t.Errorf("mismatched pair: %v, want an error naming both files", err)
 	}
 }

@@ -3,15 +3,25 @@
 //
 //   node server.js --port 4840 --pki /tmp/pki
 //       [--secure | --policy Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss[,...]]
-//       [--user u --password p] [--history]
+//       [--modes Sign,SignAndEncrypt] [--user u --password p]
+//       [--certlogin cert.pem,cert.der,...] [--history]
 //   node server.js --port 4840 --pki /tmp/pki --machines 100 [--vars 100] [--rate 1000]
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
 // built-in type. SpindleSpeed changes every 100 ms; Temperature is an
 // AnalogItem in degrees Fahrenheit. --secure is --policy Basic256Sha256:
-// an endpoint for each policy named, with SignAndEncrypt and
-// user/password login only. --history adds Objects/Machines/hist-01/Counter, a UInt32 that
+// an endpoint for each policy named, with SignAndEncrypt (or each of
+// --modes) and user/password or certificate login only.
+//
+// --certlogin makes certificate (X509 user token) login check the user
+// certificate against this server's own user trust list, <pki>/user,
+// which trusts exactly the certificates named (PEM or DER files); any
+// other is refused with BadIdentityTokenRejected and saved to
+// <pki>/user/rejected. Without --certlogin that list accepts every user
+// certificate, as node-opcua's default one does.
+//
+// --history adds Objects/Machines/hist-01/Counter, a UInt32 that
 // counts up every 100 ms and whose every value the server keeps in its
 // in-memory history for HistoryRead, and hist-01/NoHistory, which says
 // it is historizing but has no history.
@@ -24,6 +34,8 @@
 //
 // It prints "READY <port>" once it listens and stops on SIGTERM.
 "use strict";
+const fs = require("fs");
+const path = require("path");
 const {
   OPCUAServer, OPCUACertificateManager, Variant, DataType, StatusCodes,
   MessageSecurityMode, SecurityPolicy, nodesets, coerceNodeId, VariantArrayType,
@@ -45,6 +57,12 @@ async function main() {
     if (!(p in SecurityPolicy)) throw new Error("unknown --policy " + p);
   }
   const secure = policies[0] !== "None";
+  const modes = String(arg("modes", "SignAndEncrypt")).split(",");
+  for (const m of modes) {
+    if (m !== "Sign" && m !== "SignAndEncrypt") throw new Error("unknown --modes " + m + ": use Sign, SignAndEncrypt or both");
+  }
+  const certLogin = arg("certlogin", false);
+  const userCerts = typeof certLogin === "string" ? certLogin.split(",") : [];
   const user = arg("user", "");
   const password = arg("password", "");
   const history = arg("history", false) === true;
@@ -59,12 +77,19 @@ async function main() {
     rootFolder: pki,
     automaticallyAcceptUnknownCertificate: true,
   });
+  // A user trust list of this server's own: node-opcua's default one is
+  // shared by every server of the user under ~/.config.
+  const userCertificateManager = new OPCUACertificateManager({
+    rootFolder: path.join(pki, "user"),
+    automaticallyAcceptUnknownCertificate: certLogin === false,
+  });
   const server = new OPCUAServer({
     port,
     hostname: "127.0.0.1",
     nodeset_filename: [nodesets.standard],
     serverCertificateManager,
-    securityModes: secure ? [MessageSecurityMode.SignAndEncrypt] : [MessageSecurityMode.None],
+    userCertificateManager,
+    securityModes: secure ? modes.map((m) => MessageSecurityMode[m]) : [MessageSecurityMode.None],
     securityPolicies: policies.map((p) => SecurityPolicy[p]),
     allowAnonymous: !secure,
     userManager: {
@@ -73,6 +98,9 @@ async function main() {
     serverInfo: { applicationUri: "urn:shopfloor:interop:node-opcua" },
   });
   await server.initialize();
+  for (const file of userCerts) {
+    await userCertificateManager.trustCertificate(readDER(file));
+  }
   const as = server.engine.addressSpace;
   const ns = as.getOwnNamespace();
   const machines = ns.addFolder(as.rootFolder.objects, { browseName: "Machines" });
@@ -198,6 +226,13 @@ function scaleMachines(ns, machines, machineCount, varCount, rate) {
       vars[i].setValueFromSource(new Variant({ dataType: DataType.Double, value: tick * vars.length + i }));
     }
   }, rate);
+}
+
+// readDER reads a certificate file, PEM or DER, as DER.
+function readDER(file) {
+  const data = fs.readFileSync(file);
+  const pem = /-----BEGIN CERTIFICATE-----([^-]+)-----END CERTIFICATE-----/.exec(data.toString("latin1"));
+  return pem ? Buffer.from(pem[1].replace(/\s+/g, ""), "base64") : data;
 }
 
 // serve starts the server, says READY and stops it on SIGTERM.
