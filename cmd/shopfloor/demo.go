@@ -38,6 +38,7 @@ type demoOptions struct {
 	dir        string
 	influxd    string // an influxd 1.8 binary to run, or
 	influxURL  string // an InfluxDB to use
+	influxAddr string // where the influxd started for the demo listens
 	token      string
 	org        string
 	bucket     string
@@ -56,6 +57,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.dir, "dir", ".demo", "the `folder` that holds everything the demo writes")
 	fs.StringVar(&o.influxd, "influxd", "", "an influxd 1.8 `binary` to run for the demo (make demo installs one)")
+	fs.StringVar(&o.influxAddr, "influx-listen", "127.0.0.1:8086", "the `address` of the influxd started for the demo (it moves to a free port when this one is taken)")
 	fs.StringVar(&o.influxURL, "influx-url", "", "an InfluxDB to write to instead, e.g. http://localhost:8086")
 	fs.StringVar(&o.token, "influx-token", "", "its API token (2.x) or user:password (1.8 with auth)")
 	fs.StringVar(&o.org, "influx-org", "shopfloor", "its organisation (2.x)")
@@ -93,6 +95,11 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// demoGrafanaCompose brings up Grafana with the dashboards on the demo's
+// InfluxDB (deploy/docker-compose.yml is a whole site of its own, whose
+// ports the demo already holds).
+const demoGrafanaCompose = "deploy/demo-grafana.yml"
+
 // demo runs an MQTT broker, InfluxDB (unless one is given), the simulator
 // and the agent until ctx is done.
 func demo(ctx context.Context, o demoOptions, out io.Writer) error {
@@ -119,7 +126,7 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
 	// InfluxDB.
 	influxURL := o.influxURL
 	if o.influxd != "" {
-		u, _, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), "127.0.0.1:8086", logFile)
+		u, _, stopInflux, err := startInfluxd(ctx, o.influxd, filepath.Join(dir, "influxdb"), o.influxAddr, logFile)
 		if err != nil {
 			return err
 		}
@@ -206,10 +213,12 @@ func demo(ctx context.Context, o demoOptions, out io.Writer) error {
   InfluxDB       %s   database/bucket %q, measurements "machine" and "kpi"
   config         %s
   data and logs  %s
-  Grafana        where Docker is available: docker compose -f deploy/docker-compose.yml up
-                 (InfluxDB 2, Grafana with the dashboards, Mosquitto, simulator, agent)
+  Grafana        where Docker is available, in another terminal at the top of the checkout:
+                   INFLUX_URL=%s INFLUX_BUCKET=%s docker compose -f %s up
+                 then http://127.0.0.1:3000 (admin/admin) shows the dashboards on this demo's data
 Ctrl-C stops everything; the next start reuses %s.
-`, time.Since(start).Round(10*time.Millisecond), o.sim.CNCs, o.sim.Robots, fleet.TimeFactor(), mqttAddr, opcuaSrv.Endpoint(), agent.Addr(), influxURL, o.bucket, cfgPath, dir, dir)
+`, time.Since(start).Round(10*time.Millisecond), o.sim.CNCs, o.sim.Robots, fleet.TimeFactor(), mqttAddr, opcuaSrv.Endpoint(), agent.Addr(), influxURL, o.bucket, cfgPath, dir,
+		influxURL, o.bucket, demoGrafanaCompose, dir)
 
 	tick := time.NewTicker(max(o.printEvery, time.Second))
 	defer tick.Stop()

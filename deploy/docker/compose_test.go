@@ -29,6 +29,7 @@ type composeService struct {
 	Volumes     []string                              `yaml:"volumes"`
 	DependsOn   yaml.Node                             `yaml:"depends_on"`
 	Ports       []string                              `yaml:"ports"`
+	NetworkMode string                                `yaml:"network_mode"`
 	ReadOnly    bool                                  `yaml:"read_only"`
 	CapDrop     []string                              `yaml:"cap_drop"`
 }
@@ -47,15 +48,15 @@ func interpolate(s string) string {
 	return strings.ReplaceAll(s, "$$", "$")
 }
 
-func loadCompose(t *testing.T) composeProject {
+func loadCompose(t *testing.T, file string) composeProject {
 	t.Helper()
-	b, err := os.ReadFile(composeFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var p composeProject
 	if err := yaml.Unmarshal([]byte(interpolate(string(b))), &p); err != nil {
-		t.Fatalf("%s: %v", composeFile, err)
+		t.Fatalf("%s: %v", file, err)
 	}
 	return p
 }
@@ -88,8 +89,8 @@ func (s composeService) mountTarget(source string) string {
 
 // TestComposeConfig runs `docker compose config` where the compose plugin
 // is installed. Without it (as on the project's CI box, which has only the
-// docker client) it says so; TestComposeFitsTogether checks the file
-// either way.
+// docker client) it says so; TestComposeFitsTogether and
+// TestDemoGrafanaFitsTheDemo check the files either way.
 func TestComposeConfig(t *testing.T) {
 	docker, err := exec.LookPath("docker")
 	if err == nil {
@@ -99,9 +100,11 @@ func TestComposeConfig(t *testing.T) {
 		t.Log("docker compose is not available here; the compose file was checked by TestComposeFitsTogether only")
 		return
 	}
-	out, err := exec.Command(docker, "compose", "-f", composeFile, "config", "--quiet").CombinedOutput()
-	if err != nil {
-		t.Fatalf("docker compose config: %v\n%s", err, out)
+	for _, f := range []string{composeFile, demoGrafanaFile} {
+		out, err := exec.Command(docker, "compose", "-f", f, "config", "--quiet").CombinedOutput()
+		if err != nil {
+			t.Errorf("docker compose -f %s config: %v\n%s", f, err, out)
+		}
 	}
 }
 
@@ -112,7 +115,7 @@ func TestComposeConfig(t *testing.T) {
 // Grafana gets what its provisioning files read, and that Prometheus
 // scrapes the agent's port.
 func TestComposeFitsTogether(t *testing.T) {
-	p := loadCompose(t)
+	p := loadCompose(t, composeFile)
 	for _, name := range []string{"mosquitto", "influxdb", "agent", "simulator", "prometheus", "grafana"} {
 		if _, ok := p.Services[name]; !ok {
 			t.Errorf("no service %s", name)
@@ -226,62 +229,12 @@ func TestComposeFitsTogether(t *testing.T) {
 		t.Errorf("prometheus.yml does not scrape agent:%s:\n%s", agentPort, promCfg)
 	}
 
-	// Grafana: the provisioning files' ${VAR}s are set, the datasources
-	// point at services, the dashboards are mounted where the provider
-	// looks.
 	graf := p.Services["grafana"]
-	provDS := mountSource(graf, "/etc/grafana/provisioning/datasources")
-	provDash := mountSource(graf, "/etc/grafana/provisioning/dashboards")
-	if provDS == "" || provDash == "" {
-		t.Fatalf("grafana: provisioning folders not mounted: %q %q", provDS, provDash)
-	}
-	for _, dir := range []string{provDS, provDash} {
-		files, _ := filepath.Glob(filepath.Join("..", dir, "*.yaml"))
-		if len(files) == 0 {
-			t.Errorf("grafana: no provisioning file in %s", dir)
-		}
-		for _, f := range files {
-			b, _ := os.ReadFile(f)
-			b = regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAll(b, nil) // comments
-			for _, m := range regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?`).FindAllStringSubmatch(string(b), -1) {
-				if _, ok := graf.Environment[m[1]]; !ok {
-					t.Errorf("grafana: %s reads $%s, which compose does not set", f, m[1])
-				}
-			}
-		}
-	}
+	checkGrafana(t, graf)
 	checkService("grafana", graf.Environment["INFLUX_URL"])
 	checkService("grafana", graf.Environment["PROMETHEUS_URL"])
 	if graf.Environment["INFLUX_BUCKET"] != agent.Environment["INFLUX_BUCKET"] || graf.Environment["INFLUX_TOKEN"] != agent.Environment["INFLUX_TOKEN"] {
 		t.Errorf("grafana reads another bucket or token than the agent writes")
-	}
-	provider, _ := os.ReadFile(filepath.Join("..", provDash, "shopfloor.yaml"))
-	var prov struct {
-		Providers []struct {
-			Options struct{ Path string } `yaml:"options"`
-		} `yaml:"providers"`
-	}
-	if err := yaml.Unmarshal(provider, &prov); err != nil || len(prov.Providers) != 1 {
-		t.Fatalf("dashboard provider: %v %+v", err, prov)
-	}
-	jsonDir := ""
-	for _, v := range graf.Volumes {
-		parts := strings.Split(v, ":")
-		if len(parts) >= 2 && parts[1] == prov.Providers[0].Options.Path {
-			jsonDir = parts[0]
-		}
-	}
-	if jsonDir == "" {
-		t.Fatalf("grafana: nothing mounted at the provider's path %s", prov.Providers[0].Options.Path)
-	}
-	if files, _ := filepath.Glob(filepath.Join("..", jsonDir, "*.json")); len(files) < 4 {
-		t.Errorf("grafana: %s holds %d dashboards, want 4", jsonDir, len(files))
-	}
-	home := graf.Environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-	if rel, ok := strings.CutPrefix(home, prov.Providers[0].Options.Path+"/"); !ok {
-		t.Errorf("grafana home dashboard %s is not under %s", home, prov.Providers[0].Options.Path)
-	} else if _, err := os.Stat(filepath.Join("..", jsonDir, rel)); err != nil {
-		t.Errorf("grafana home dashboard: %v", err)
 	}
 
 	// InfluxDB: the setup creates the org and bucket the agent writes to,
@@ -369,4 +322,59 @@ func TestDockerfile(t *testing.T) {
 	if lastUser == "" || strings.HasPrefix(lastUser, "0") || strings.HasPrefix(lastUser, "root") {
 		t.Errorf("final stage runs as %q, want a non-root user", lastUser)
 	}
+}
+
+// checkGrafana checks that the provisioning files' ${VAR}s are set and
+// that the dashboards are mounted where the provider looks.
+func checkGrafana(t *testing.T, graf composeService) {
+	t.Helper()
+	provDS := mountSource(graf, "/etc/grafana/provisioning/datasources")
+	provDash := mountSource(graf, "/etc/grafana/provisioning/dashboards")
+	if provDS == "" || provDash == "" {
+		t.Fatalf("grafana: provisioning folders not mounted: %q %q", provDS, provDash)
+	}
+	for _, dir := range []string{provDS, provDash} {
+		files, _ := filepath.Glob(filepath.Join("..", dir, "*.yaml"))
+		if len(files) == 0 {
+			t.Errorf("grafana: no provisioning file in %s", dir)
+		}
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			b = regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAll(b, nil) // comments
+			for _, m := range regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?`).FindAllStringSubmatch(string(b), -1) {
+				if _, ok := graf.Environment[m[1]]; !ok {
+					t.Errorf("grafana: %s reads $%s, which compose does not set", f, m[1])
+				}
+			}
+		}
+	}
+	provider, _ := os.ReadFile(filepath.Join("..", provDash, "shopfloor.yaml"))
+	var prov struct {
+		Providers []struct {
+			Options struct{ Path string } `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	if err := yaml.Unmarshal(provider, &prov); err != nil || len(prov.Providers) != 1 {
+		t.Fatalf("dashboard provider: %v %+v", err, prov)
+	}
+	jsonDir := ""
+	for _, v := range graf.Volumes {
+		parts := strings.Split(v, ":")
+		if len(parts) >= 2 && parts[1] == prov.Providers[0].Options.Path {
+			jsonDir = parts[0]
+		}
+	}
+	if jsonDir == "" {
+		t.Fatalf("grafana: nothing mounted at the provider's path %s", prov.Providers[0].Options.Path)
+	}
+	if files, _ := filepath.Glob(filepath.Join("..", jsonDir, "*.json")); len(files) < 4 {
+		t.Errorf("grafana: %s holds %d dashboards, want 4", jsonDir, len(files))
+	}
+	home := graf.Environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+	if rel, ok := strings.CutPrefix(home, prov.Providers[0].Options.Path+"/"); !ok {
+		t.Errorf("grafana home dashboard %s is not under %s", home, prov.Providers[0].Options.Path)
+	} else if _, err := os.Stat(filepath.Join("..", jsonDir, rel)); err != nil {
+		t.Errorf("grafana home dashboard: %v", err)
+	}
+
 }
