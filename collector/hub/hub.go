@@ -75,6 +75,9 @@ type Hub struct {
 	refused map[string]int64
 	fail    chan error
 	ready   atomic.Bool
+	// unsaved says the state file still holds something memory
+	// discarded; closeDue saves until that succeeds.
+	unsaved bool
 }
 
 // Option tunes a Hub beyond its Config.
@@ -358,8 +361,10 @@ func (h *Hub) closeDue(ctx context.Context) {
 			keep := max(h.cfg.MaxAge+time.Hour, g.ClosedAt.Sub(g.Start)+h.cfg.Retention)
 			if now.After(g.Start.Add(keep)) {
 				delete(h.groups, key)
+				h.unsaved = true
 			} else if h.cfg.Retention > 0 && now.After(g.ClosedAt.Add(h.cfg.Retention)) && g.Contributions != nil {
 				g.Contributions = nil
+				h.unsaved = true
 			}
 			continue
 		}
@@ -369,6 +374,13 @@ func (h *Hub) closeDue(ctx context.Context) {
 		cp := *g
 		cp.Contributions = maps(g.Contributions)
 		todo = append(todo, due{key, cp, g.changes})
+	}
+	if h.unsaved {
+		// Discarding is done only once the state file no longer holds
+		// them either; a failed save is retried at the next tick.
+		if err := h.saveLocked(); err != nil {
+			h.log.Error("hub: cannot save state after discarding contributions", "err", err)
+		}
 	}
 	h.mu.Unlock()
 	for _, d := range todo {
@@ -393,6 +405,7 @@ func (h *Hub) closeDue(ctx context.Context) {
 		if h.cfg.Retention == 0 {
 			g.Contributions = nil
 		}
+		h.unsaved = true
 		err := h.saveLocked()
 		h.mu.Unlock()
 		if err != nil {
@@ -490,6 +503,7 @@ func (h *Hub) saveLocked() error {
 	if err := renameio.WriteFile(h.state, b, 0o600); err != nil {
 		return fmt.Errorf("hub: save: %w", err)
 	}
+	h.unsaved = false
 	return nil
 }
 
