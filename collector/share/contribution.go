@@ -71,8 +71,9 @@ const PseudonymLen = 32
 const pseudonymLabel = "shopfloor-contributor-v1"
 
 // Pseudonym derives the firm's contributor id from its secret:
-// HMAC-SHA256(secret, "shopfloor-contributor-v1"), the first 16 bytes in
-// hex. It is stable for as long as the secret file is kept, and says
+// HMAC-SHA256 keyed with the secret as it is (the raw bytes, not hex) over
+// the ASCII message "shopfloor-contributor-v1", of which the first 16
+// bytes of the 32-byte MAC are the id, in lower-case hex. It is stable for as long as the secret file is kept, and says
 // nothing about the firm to anyone without the secret.
 func Pseudonym(secret []byte) string {
 	mac := hmac.New(sha256.New, secret)
@@ -135,7 +136,8 @@ func LoadOrCreateSecret(dir string) ([]byte, error) {
 }
 
 // PseudonymOf returns the pseudonym of the agent whose data directory is
-// dataDir, creating the secret when there is none yet. `shopfloor
+// dataDir: Pseudonym of the 32 raw bytes of <dataDir>/share/secret,
+// creating that file when there is none yet. `shopfloor
 // share-id` prints it so the coordinator can create the firm's broker user.
 func PseudonymOf(dataDir string) (string, error) {
 	secret, err := LoadOrCreateSecret(Dir(dataDir))

@@ -1,0 +1,141 @@
+//go:build integration
+
+package share
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/noordoostpolder/shopfloor/collector"
+	"github.com/noordoostpolder/shopfloor/collector/collectortest"
+)
+
+// TestShareQueueSurvivesRestart: a contribution queued while the cluster
+// broker cannot be reached is still queued after the agent restarts, is
+// not queued a second time, and the restarted agent delivers it once the
+// broker can be reached. (TLS and the firm's user are
+// TestShareStoreAndForwardTLS's subject; this broker is plain.)
+func TestShareQueueSurvivesRestart(t *testing.T) {
+	mq := collectortest.Mosquitto(t)
+	o := paho.NewClientOptions().AddBroker(mq.URL()).SetClientID("test-hub").SetAutoReconnect(false)
+	got := make(chan paho.Message, 4)
+	sub := paho.NewClient(o)
+	if err := Wait(context.Background(), sub.Connect(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Disconnect(100)
+	if err := Wait(context.Background(), sub.Subscribe("shopfloor/v1/contrib/#", 1, func(_ paho.Client, m paho.Message) { got <- m }), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	dataDir := t.TempDir()
+	gate := collectortest.FreePort(t) // nothing listens here until forwardOn
+	cfg := Config{Enabled: true, Settle: time.Second, Classes: map[string]string{"cnc-1": "cnc-lathe"},
+		Broker: BrokerConfig{URL: fmt.Sprintf("tcp://127.0.0.1:%d", gate), ConnectTimeout: 2 * time.Second}}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	// The first run: the contribution is queued and cannot be sent.
+	s1, err := New(cfg, dataDir, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	a := collector.Asset{Site: "plant", Machine: "cnc-1"}
+	row := func(window string, at time.Time, signal string, v float64) collector.Sample {
+		return collector.Sample{Asset: a, Signal: signal, Value: collector.Float(v), SourceTime: at, Window: window}
+	}
+	s1.Observe([]collector.Sample{row("1h", start, "planned_s", 3600), row("1h", start, "oee", 0.5731),
+		row("1h", start, "mttr_s", 421.5), row("1m", start.Add(59*time.Minute), "run_s", 60)})
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if err := s1.check(); err != nil {
+			return err
+		}
+		if n := s1.Stats().Queued; n != 1 {
+			return fmt.Errorf("%d queued", n)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s1.Run(ctx) }()
+	collectortest.Eventually(t, 20*time.Second, func() error {
+		if st := s1.Stats(); st.SendFailures < 1 {
+			return fmt.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		t.Fatalf("delivered %s before the broker was reachable", m.Topic())
+	default:
+	}
+
+	// The restart: the queue on disk still holds it, and the restored
+	// state keeps it from being queued again.
+	s2, err := New(cfg, dataDir, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.check(); err != nil {
+		t.Fatal(err)
+	}
+	if st := s2.Stats(); st.Queued != 1 {
+		t.Fatalf("after the restart %d contributions queued, want the 1 from before", st.Queued)
+	}
+	forwardOn(t, gate, fmt.Sprintf("127.0.0.1:%d", mq.Port))
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	done = make(chan error, 1)
+	go func() { done <- s2.Run(ctx) }()
+	var m paho.Message
+	select {
+	case m = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the contribution queued before the restart was not delivered after it")
+	}
+	if want := Topic(DefaultTopicPrefix, s2.Pseudonym(), "cnc-lathe"); m.Topic() != want {
+		t.Errorf("topic %s, want %s", m.Topic(), want)
+	}
+	var c Contribution
+	if err := json.Unmarshal(m.Payload(), &c); err != nil || c.KPIs[KPIOEE] != 0.5731 || c.KPIs[KPIMTTR] != 421.5 ||
+		c.Machines != 1 || !c.Start.Equal(start) || c.Contributor != s2.Pseudonym() {
+		t.Errorf("payload %s (%v)", m.Payload(), err)
+	}
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if st := s2.Stats(); st.Queued != 0 || st.Sent != 1 {
+			return fmt.Errorf("stats %+v after delivery", st)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Sent once, so logged once: the restart did not queue it again.
+	logged, err := os.ReadFile(filepath.Join(Dir(dataDir), LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(logged, []byte("\n")); n != 1 {
+		t.Errorf("the local log holds %d contributions, want 1:\n%s", n, logged)
+	}
+}
