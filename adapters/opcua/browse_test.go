@@ -72,3 +72,22 @@ func (m *missing) Error() string {
 	}
 	return "no " + m.want + " yet; have " + strings.Join(keys, ", ")
 }
+
+// TestBrowseDepthLimit: the walk stops at max_depth levels below the
+// start node, and the progress line says so.
+func TestBrowseDepthLimit(t *testing.T) {
+	ts := startTestServer(t, defaultMachines())
+	var tree, progress bytes.Buffer
+	if _, err := Browse(context.Background(), BrowseOptions{Endpoint: ts.endpoint(), DataDir: t.TempDir(), MaxDepth: 2}, &tree, &progress); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tree.String(), "cnc-01/") {
+		t.Errorf("tree lacks the machines at depth 2:\n%s", tree.String())
+	}
+	if strings.Contains(tree.String(), "SpindleSpeed") {
+		t.Errorf("tree holds variables at depth 3 with max depth 2:\n%s", tree.String())
+	}
+	if !strings.Contains(progress.String(), "of at most 2") {
+		t.Errorf("progress %q does not say the depth limit", progress.String())
+	}
+}

@@ -46,6 +46,8 @@ func TestConvertScalars(t *testing.T) {
 		{"bytestring", []byte{0xca, 0xfe}, collector.String("cafe")},
 		{"xml", ua.XMLElement("<a/>"), collector.String("<a/>")},
 		{"nodeid", ua.NewStringNodeID(2, "x"), collector.String("ns=2;s=x")},
+		{"expandednodeid", ua.NewExpandedNodeID(ua.NewStringNodeID(2, "x"), "", 0), collector.String("ns=2;s=x")},
+		{"variant", ua.MustVariant(int32(5)), collector.Int(5)},
 		{"statuscode", ua.StatusBadTimeout, collector.Int(int64(ua.StatusBadTimeout))},
 		{"qualifiedname", &ua.QualifiedName{NamespaceIndex: 1, Name: "qn"}, collector.String("qn")},
 		{"localizedtext", &ua.LocalizedText{Text: "Hallo", Locale: "nl"}, collector.String("Hallo")},

@@ -410,3 +410,31 @@ func TestInteropNodeOPCUAAesPolicies(t *testing.T) {
 		})
 	}
 }
+
+// TestInteropNodeOPCUADeprecatedPolicy: a deprecated policy is refused
+// by the config unless allow_deprecated is set, and then connects:
+// Basic256, SignAndEncrypt, user login, against node-opcua. Basic128Rsa15
+// cannot be shown against it: Node.js 20 refuses the RSA PKCS #1 v1.5
+// decryption that policy needs (CVE-2023-46809) unless node runs with
+// --security-revert=CVE-2023-46809, as node-opcua warns at start.
+func TestInteropNodeOPCUADeprecatedPolicy(t *testing.T) {
+	t.Parallel()
+	endpoint := startNodeServer(t, "--policy", PolicyBasic256, "--user", "operator", "--password", "s3cret")
+	cfg := Config{
+		Endpoint:           endpoint,
+		SecurityPolicy:     PolicyBasic256,
+		Auth:               Auth{Username: "operator", Password: "s3cret"},
+		TrustOnFirstUse:    true,
+		PublishingInterval: 100 * time.Millisecond,
+		Nodes:              []Node{{Path: "Objects/Machines/cnc-01/SpindleSpeed"}},
+	}
+	if _, err := New(cfg, t.TempDir(), testLogger()); err == nil || !strings.Contains(err.Error(), "allow_deprecated") {
+		t.Errorf("New with Basic256 and no allow_deprecated = %v, want an error naming allow_deprecated", err)
+	}
+	cfg.AllowDeprecated = true
+	s := newTestSource(t, cfg, "")
+	out := &collectortest.Output{}
+	supervise(t, s, out)
+	speed := waitFor(t, out, "Objects/Machines/cnc-01|SpindleSpeed", nil)
+	waitFor(t, out, "Objects/Machines/cnc-01|SpindleSpeed", func(s collector.Sample) bool { return s.Value != speed.Value })
+}

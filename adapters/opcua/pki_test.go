@@ -10,7 +10,8 @@ import (
 
 func TestPKITrustList(t *testing.T) {
 	dir := t.TempDir()
-	p := newPKI(dir, testLogger())
+	logs := &logRecorder{}
+	p := newPKI(dir, logs.logger())
 	own, _, err := p.ApplicationCertificate("urn:shopfloor:test")
 	if err != nil {
 		t.Fatal(err)
@@ -27,6 +28,10 @@ func TestPKITrustList(t *testing.T) {
 	rejected, _ := filepath.Glob(filepath.Join(dir, "opcua", "rejected", "*.der"))
 	if len(rejected) != 1 {
 		t.Fatalf("rejected/ = %v", rejected)
+	}
+	// The log line tells the operator the command that trusts it.
+	if n := logs.count("mv " + rejected[0] + " " + filepath.Join(dir, "opcua", "trusted")); n != 1 {
+		t.Errorf("%d log lines say how to trust %s, want one:\n%s", n, rejected[0], logs.String())
 	}
 	// Trusted by the operator moving it.
 	if err := os.Rename(rejected[0], filepath.Join(dir, "opcua", "trusted", filepath.Base(rejected[0]))); err != nil {

@@ -4,7 +4,7 @@
 //   node server.js --port 4840 --pki /tmp/pki
 //       [--secure | --policy Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss[,...]]
 //       [--modes Sign,SignAndEncrypt] [--user u --password p]
-//       [--certlogin cert.pem,cert.der,...] [--history]
+//       [--certlogin cert.pem,cert.der,...] [--history] [--limits N]
 //   node server.js --port 4840 --pki /tmp/pki --machines 100 [--vars 100] [--rate 1000]
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
@@ -20,6 +20,10 @@
 // other is refused with BadIdentityTokenRejected and saved to
 // <pki>/user/rejected. Without --certlogin that list accepts every user
 // certificate, as node-opcua's default one does.
+//
+// --limits N publishes (and enforces, with BadTooManyOperations) N as
+// the operation limits MaxMonitoredItemsPerCall, MaxNodesPerRead and
+// MaxNodesPerBrowse, instead of node-opcua's 10,000.
 //
 // --history adds Objects/Machines/hist-01/Counter, a UInt32 that
 // counts up every 100 ms and whose every value the server keeps in its
@@ -66,6 +70,8 @@ async function main() {
   const user = arg("user", "");
   const password = arg("password", "");
   const history = arg("history", false) === true;
+  const limits = parseInt(arg("limits", "0"), 10);
+  if (!(limits >= 0)) throw new Error("--limits must be a number");
   const machineCount = parseInt(arg("machines", "0"), 10);
   const varCount = parseInt(arg("vars", "100"), 10);
   const rate = parseInt(arg("rate", "1000"), 10);
@@ -96,6 +102,9 @@ async function main() {
       isValidUser: (u, p) => user !== "" && u === user && p === password,
     },
     serverInfo: { applicationUri: "urn:shopfloor:interop:node-opcua" },
+    serverCapabilities: limits > 0
+      ? { operationLimits: { maxMonitoredItemsPerCall: limits, maxNodesPerRead: limits, maxNodesPerBrowse: limits } }
+      : undefined,
   });
   await server.initialize();
   for (const file of userCerts) {
