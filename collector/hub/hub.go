@@ -6,8 +6,11 @@
 package hub
 
 import (
+	"bytes"
+	"cmp"
 	"context"
-	cryptorand "crypto/rand"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +52,10 @@ type group struct {
 	Period        string                        `json:"period"`
 	Start         time.Time                     `json:"start"`
 	Contributions map[string]share.Contribution `json:"contributions,omitempty"`
-	LastArrival   time.Time                     `json:"last_arrival"`
+	// Received is, per contributor, when a hub of the group accepted the
+	// contribution held (Unix milliseconds): the newest stamp wins.
+	Received    map[string]int64 `json:"received,omitempty"`
+	LastArrival time.Time        `json:"last_arrival"`
 	// ClosedAt is when the period was aggregated; later contributions are
 	// refused as late.
 	ClosedAt time.Time `json:"closed_at,omitzero"`
@@ -61,6 +68,16 @@ func groupKey(class, period string, start time.Time) string {
 	return class + "|" + period + "|" + start.UTC().Format(time.RFC3339)
 }
 
+// Sources of accepted contributions, the keys of Hub.Accepted.
+const (
+	// SourceDirect is the shared subscription: a firm's message the
+	// broker handed to this hub of the group.
+	SourceDirect = "direct"
+	// SourceMirror is a contribution another hub of the group (or this
+	// one) took from the shared subscription and passed on.
+	SourceMirror = "mirror"
+)
+
 // Hub receives contributions and publishes the benchmark.
 type Hub struct {
 	cfg   Config
@@ -68,13 +85,14 @@ type Hub struct {
 	w     Writer
 	now   func() time.Time
 	state string
+	// secret keys the noise, so the hubs of a group draw the same.
+	secret []byte
 
-	mu      sync.Mutex
-	groups  map[string]*group
-	rng     *rand.Rand
-	refused map[string]int64
-	fail    chan error
-	ready   atomic.Bool
+	mu       sync.Mutex
+	groups   map[string]*group
+	refused  map[string]int64
+	accepted map[string]int64
+	ready    atomic.Bool
 	// unsaved says the state file still holds something memory
 	// discarded; closeDue saves until that succeeds.
 	unsaved bool
@@ -89,9 +107,6 @@ func WithWriter(w Writer) Option { return func(h *Hub) { h.w = w } }
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(h *Hub) { h.now = now } }
 
-// WithRand seeds the noise, for tests.
-func WithRand(r *rand.Rand) Option { return func(h *Hub) { h.rng = r } }
-
 // New builds a hub and restores the contributions a previous run kept.
 // It contacts neither the broker nor InfluxDB.
 func New(cfg Config, logger *slog.Logger, opts ...Option) (*Hub, error) {
@@ -105,11 +120,13 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) (*Hub, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("hub: data_dir: %w", err)
 	}
-	var seed [32]byte
-	_, _ = cryptorand.Read(seed[:])
+	// The firm secret's code: 32 random bytes, created once, mode 0600.
+	secret, err := share.LoadOrCreateSecret(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("hub: the noise secret (every hub of a group needs the same file): %w", err)
+	}
 	h := &Hub{cfg: cfg, log: logger, now: time.Now, state: filepath.Join(cfg.DataDir, "hub-state.json"),
-		groups: map[string]*group{}, rng: rand.New(rand.NewChaCha8(seed)), refused: map[string]int64{},
-		fail: make(chan error, 1)}
+		secret: secret, groups: map[string]*group{}, refused: map[string]int64{}, accepted: map[string]int64{}}
 	for _, o := range opts {
 		o(h)
 	}
@@ -134,12 +151,30 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) (*Hub, error) {
 var errStore = errors.New("hub: cannot store the contribution")
 
 // Accept validates one message and keeps it for its period, on disk
-// before it returns nil. A later contribution of the same firm, class and
-// period replaces the earlier one. It returns a *ParseError for a message
-// that is refused for good.
+// before it returns nil. The message is a firm's contribution from the
+// shared subscription or one a hub of the group mirrored (MirrorTopic).
+// Of one firm, class and period the contribution with the newest received
+// stamp is kept: a direct one is stamped with the hub's clock, a mirrored
+// one carries the stamp of the hub that took it in; an older one is
+// refused as stale, and the same one again changes nothing. It returns a
+// *ParseError for a message that is refused for good.
 func (h *Hub) Accept(topic string, payload []byte) error {
+	_, _, err := h.receive(topic, payload)
+	return err
+}
+
+// receive is Accept that also returns, for a direct contribution the
+// hub kept, the mirror to publish for the rest of the group.
+func (h *Hub) receive(topic string, payload []byte) (mirrorTopic string, mirror []byte, err error) {
 	now := h.now()
-	c, err := Parse(h.cfg.TopicPrefix, topic, payload, now, h.cfg.MaxAge)
+	src, stamp := SourceDirect, now.UnixMilli()
+	var c share.Contribution
+	if h.cfg.Group != "" && strings.HasPrefix(topic, mirrorPrefix(h.cfg.TopicPrefix, h.cfg.Group)) {
+		src = SourceMirror
+		c, stamp, err = ParseMirror(h.cfg.TopicPrefix, h.cfg.Group, topic, payload, now, h.cfg.MaxAge)
+	} else {
+		c, err = Parse(h.cfg.TopicPrefix, topic, payload, now, h.cfg.MaxAge)
+	}
 	if err == nil && len(h.cfg.Classes) > 0 && !slices.Contains(h.cfg.Classes, c.Class) {
 		err = refuse("class", "class %q is not handled by this hub", c.Class)
 	}
@@ -150,20 +185,33 @@ func (h *Hub) Accept(topic string, payload []byte) error {
 		g := h.groups[key]
 		switch {
 		case g == nil:
-			g = &group{Class: c.Class, Period: c.Period, Start: c.Start, Contributions: map[string]share.Contribution{}}
+			g = &group{Class: c.Class, Period: c.Period, Start: c.Start, Contributions: map[string]share.Contribution{}, Received: map[string]int64{}}
 			h.groups[key] = g
 		case !g.ClosedAt.IsZero():
 			err = refuse("late", "period %s of %s was published at %s", c.Start.Format(time.RFC3339), c.Class, g.ClosedAt.Format(time.RFC3339))
 		}
+		var changed bool
 		if err == nil {
-			g.Contributions[c.Contributor] = c
-			g.LastArrival = now
-			g.changes++
-			if err := h.saveLocked(); err != nil {
-				return fmt.Errorf("%w: %w", errStore, err)
+			changed, err = g.keep(c, stamp)
+		}
+		if err == nil {
+			if changed {
+				g.LastArrival = now
+				g.changes++
+				if err := h.saveLocked(); err != nil {
+					return "", nil, fmt.Errorf("%w: %w", errStore, err)
+				}
+				h.accepted[src]++
+				h.log.Debug("hub: contribution accepted", "source", src, "class", c.Class, "period_start", c.Start, "firms", len(g.Contributions))
 			}
-			h.log.Debug("hub: contribution accepted", "class", c.Class, "period_start", c.Start, "firms", len(g.Contributions))
-			return nil
+			if src == SourceDirect && h.cfg.Group != "" {
+				b, err := json.Marshal(Mirror{Received: stamp, Payload: payload})
+				if err != nil {
+					return "", nil, fmt.Errorf("%w: mirror: %w", errStore, err)
+				}
+				return MirrorTopic(h.cfg.TopicPrefix, h.cfg.Group, c.Contributor, c.Class), b, nil
+			}
+			return "", nil, nil
 		}
 	}
 	var pe *ParseError
@@ -172,9 +220,55 @@ func (h *Hub) Accept(topic string, payload []byte) error {
 		reason = pe.Reason
 	}
 	h.refused[reason]++
+	level := slog.LevelWarn
+	if reason == "stale" {
+		level = slog.LevelInfo // hubs overtaking each other; nothing is wrong
+	}
 	// Rate limited by nature: at most a few messages per firm and hour.
-	h.log.Warn("hub: contribution refused", "topic", topic, "reason", reason, "err", err)
-	return err
+	h.log.Log(context.Background(), level, "hub: contribution refused", "topic", topic, "source", src, "reason", reason, "err", err)
+	return "", nil, err
+}
+
+// keep stores c, received at stamp, unless the group holds a newer
+// contribution of the same firm. Equal stamps (two hubs in the same
+// millisecond) are ordered by the contributions' JSON, so every hub keeps
+// the same one. changed is false when c is what the group holds already,
+// such as a hub's own mirror coming back.
+func (g *group) keep(c share.Contribution, stamp int64) (changed bool, err error) {
+	if g.Received == nil {
+		g.Received = map[string]int64{}
+	}
+	if held, ok := g.Contributions[c.Contributor]; ok {
+		heldStamp := g.Received[c.Contributor]
+		order := cmp.Compare(stamp, heldStamp)
+		if order == 0 {
+			a, _ := json.Marshal(c)
+			b, _ := json.Marshal(held)
+			order = bytes.Compare(a, b)
+		}
+		switch {
+		case order == 0:
+			return false, nil
+		case order < 0:
+			return false, refuse("stale", "a contribution received at %s is held; this one was received at %s",
+				time.UnixMilli(heldStamp).UTC().Format(time.RFC3339Nano), time.UnixMilli(stamp).UTC().Format(time.RFC3339Nano))
+		}
+	}
+	g.Contributions[c.Contributor] = c
+	g.Received[c.Contributor] = stamp
+	return true, nil
+}
+
+// Accepted reports how many contributions were accepted (kept or
+// replaced), per source: SourceDirect or SourceMirror.
+func (h *Hub) Accepted() map[string]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int64, len(h.accepted))
+	for k, v := range h.accepted {
+		out[k] = v
+	}
+	return out
 }
 
 // Refused reports how many messages were refused, per reason.
@@ -266,7 +360,10 @@ func (h *Hub) Run(ctx context.Context) error {
 	return h.saveLocked()
 }
 
-// Filters are the topic filters the hub subscribes to.
+// Filters are the topic filters the hub subscribes to: the firms'
+// contributions through the shared subscription of its group, and the
+// group's mirrors through a plain one, so every hub of the group gets
+// every contribution.
 func (h *Hub) Filters() []string {
 	classes := h.cfg.Classes
 	if len(classes) == 0 {
@@ -280,29 +377,34 @@ func (h *Hub) Filters() []string {
 		}
 		out = append(out, f)
 	}
+	if h.cfg.Group != "" {
+		for _, cl := range classes {
+			out = append(out, MirrorTopic(h.cfg.TopicPrefix, h.cfg.Group, "+", cl))
+		}
+	}
 	return out
 }
 
 // session is one broker connection with a persistent session: what
 // arrives while the hub is away is queued by the broker, and a message is
-// acknowledged only once it is in the state file.
+// acknowledged only once it is in the state file and, when it came
+// through the shared subscription, its mirror has been confirmed by the
+// broker (PUBACK). A hub that stops in between leaves the message with
+// the broker, which delivers it again.
 func (h *Hub) session(ctx context.Context) error {
 	o, err := h.cfg.Broker.ClientOptions(h.cfg.Broker.ClientID)
 	if err != nil {
 		return err
 	}
 	lost := make(chan error, 1)
-	handle := func(_ paho.Client, m paho.Message) {
-		if err := h.Accept(m.Topic(), m.Payload()); errors.Is(err, errStore) {
-			h.log.Error("hub: cannot keep a contribution; reconnecting so the broker sends it again", "err", err)
-			select {
-			case h.fail <- err:
-			default:
-			}
-			return
-		}
-		m.Ack()
-	}
+	fail := make(chan error, 1)
+	// paho hands messages over and reads PUBACKs in one goroutine, so a
+	// handler waiting for a PUBACK would wait for ever: the handler only
+	// queues, and one worker takes the messages in order. The queue holds
+	// at most what the broker has in flight to the hub, as nothing is
+	// acknowledged before the worker is done with it.
+	in := &inbox{ready: make(chan struct{}, 1)}
+	handle := func(_ paho.Client, m paho.Message) { in.push(m) }
 	o.SetCleanSession(false).SetAutoAckDisabled(true).SetOrderMatters(true).
 		// Messages the broker kept for the session arrive before the
 		// subscription is renewed: the default handler takes them.
@@ -314,11 +416,38 @@ func (h *Hub) session(ctx context.Context) error {
 			}
 		})
 	c := paho.NewClient(o)
+	wctx, stopWorker := context.WithCancel(ctx)
+	var worker sync.WaitGroup
+	worker.Add(1)
+	go func() {
+		defer worker.Done()
+		for {
+			m, ok := in.pop(wctx)
+			if !ok {
+				return
+			}
+			if err := h.take(wctx, c, m); err != nil {
+				if wctx.Err() == nil {
+					h.log.Error("hub: cannot keep or pass on a contribution; reconnecting so the broker sends it again", "err", err)
+					select {
+					case fail <- err:
+					default:
+					}
+				}
+				return
+			}
+		}
+	}()
+	// The worker stops before the connection goes: nothing is
+	// acknowledged on a connection that is closing.
+	defer func() {
+		stopWorker()
+		worker.Wait()
+		c.Disconnect(250)
+	}()
 	if err := share.Wait(ctx, c.Connect(), h.cfg.Broker.ConnectTimeout); err != nil {
-		c.Disconnect(0)
 		return fmt.Errorf("connect to %s: %w", h.cfg.Broker.URL, err)
 	}
-	defer c.Disconnect(250)
 	filters := map[string]byte{}
 	for _, f := range h.Filters() {
 		filters[f] = 1
@@ -340,8 +469,64 @@ func (h *Hub) session(ctx context.Context) error {
 		return nil
 	case err := <-lost:
 		return fmt.Errorf("connection to %s lost: %w", h.cfg.Broker.URL, err)
-	case err := <-h.fail:
+	case err := <-fail:
 		return err
+	}
+}
+
+// take accepts one message, mirrors it to the group when it came through
+// the shared subscription, and only then acknowledges it. An error means
+// the message was not acknowledged and the session must start over.
+func (h *Hub) take(ctx context.Context, c paho.Client, m paho.Message) error {
+	topic, mirror, err := h.receive(m.Topic(), m.Payload())
+	if errors.Is(err, errStore) {
+		return err
+	}
+	if mirror != nil {
+		// Not retained: nothing raw stays on the broker once every hub
+		// of the group has it.
+		if err := share.Wait(ctx, c.Publish(topic, 1, false, mirror), h.cfg.Broker.ConnectTimeout); err != nil {
+			return fmt.Errorf("hub: mirror %s: %w", topic, err)
+		}
+	}
+	m.Ack()
+	return nil
+}
+
+// inbox is the session's queue of received messages; push never blocks.
+type inbox struct {
+	mu    sync.Mutex
+	msgs  []paho.Message
+	ready chan struct{}
+}
+
+func (q *inbox) push(m paho.Message) {
+	q.mu.Lock()
+	q.msgs = append(q.msgs, m)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the oldest message, waiting for one until ctx is done.
+func (q *inbox) pop(ctx context.Context) (paho.Message, bool) {
+	for {
+		q.mu.Lock()
+		if len(q.msgs) > 0 {
+			m := q.msgs[0]
+			q.msgs[0] = nil
+			q.msgs = q.msgs[1:]
+			q.mu.Unlock()
+			return m, true
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-q.ready:
+		}
 	}
 }
 
@@ -363,7 +548,7 @@ func (h *Hub) closeDue(ctx context.Context) {
 				delete(h.groups, key)
 				h.unsaved = true
 			} else if h.cfg.Retention > 0 && now.After(g.ClosedAt.Add(h.cfg.Retention)) && g.Contributions != nil {
-				g.Contributions = nil
+				g.Contributions, g.Received = nil, nil
 				h.unsaved = true
 			}
 			continue
@@ -384,7 +569,7 @@ func (h *Hub) closeDue(ctx context.Context) {
 	}
 	h.mu.Unlock()
 	for _, d := range todo {
-		points, skipped := Aggregate(d.g.Contributions, h.cfg.K, h.cfg.Epsilon, h.rng)
+		points, skipped := Aggregate(d.g.Contributions, h.cfg.K, h.cfg.Epsilon, h.noise(d.key, d.g.Contributions))
 		if len(points) > 0 {
 			wctx, cancel := context.WithTimeout(ctx, h.cfg.InfluxDB.Timeout+time.Second)
 			err := h.w.WritePoints(wctx, points)
@@ -403,7 +588,7 @@ func (h *Hub) closeDue(ctx context.Context) {
 		}
 		g.ClosedAt = now
 		if h.cfg.Retention == 0 {
-			g.Contributions = nil
+			g.Contributions, g.Received = nil, nil
 		}
 		h.unsaved = true
 		err := h.saveLocked()
@@ -414,6 +599,31 @@ func (h *Hub) closeDue(ctx context.Context) {
 		h.log.Info("hub: period published", "class", d.g.Class, "period_start", d.g.Start,
 			"firms", len(d.g.Contributions), "kpis_published", len(points), "kpis_withheld", skipped)
 	}
+}
+
+// noise is the generator of one period's noise, seeded with
+// HMAC-SHA256 keyed with the hub secret over the group key and the
+// period's contributions in canonical form (sorted by contributor, each
+// as its JSON, one a line). Hubs of one group with the same secret file
+// and the same contributions draw the same noise, and so write the same
+// points; publishing a period again with the same contributions repeats
+// its noise rather than drawing more to average out.
+func (h *Hub) noise(key string, contribs map[string]share.Contribution) *rand.Rand {
+	mac := hmac.New(sha256.New, h.secret)
+	mac.Write([]byte("shopfloor-hub-noise-v1\n" + key + "\n"))
+	ids := make([]string, 0, len(contribs))
+	for id := range contribs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		b, _ := json.Marshal(contribs[id]) // plain values; map keys sorted
+		mac.Write(b)
+		mac.Write([]byte("\n"))
+	}
+	var seed [32]byte
+	copy(seed[:], mac.Sum(nil))
+	return rand.New(rand.NewChaCha8(seed))
 }
 
 func maps(m map[string]share.Contribution) map[string]share.Contribution {
@@ -525,6 +735,11 @@ func (h *Hub) load() error {
 	for _, g := range st.Groups {
 		if g.Contributions == nil && g.ClosedAt.IsZero() {
 			g.Contributions = map[string]share.Contribution{}
+		}
+		if g.Received == nil && g.Contributions != nil {
+			// A state file from before the stamps: any contribution
+			// received now is newer.
+			g.Received = map[string]int64{}
 		}
 		h.groups[groupKey(g.Class, g.Period, g.Start)] = g
 	}

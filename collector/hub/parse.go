@@ -135,3 +135,54 @@ func checkKPI(k string, v float64) error {
 	}
 	return nil
 }
+
+// mirrorOverhead is the most the mirror envelope adds to a contribution.
+const mirrorOverhead = 64
+
+// MirrorTopic is where a hub passes on a contribution it took from the
+// shared subscription, for the other hubs of its group:
+// <prefix>/hub/<group>/contrib/<pseudonym>/<class>. Only hubs may read or
+// write under <prefix>/hub/ (deploy/cluster/acl).
+func MirrorTopic(prefix, group, pseudonym, class string) string {
+	return mirrorPrefix(prefix, group) + pseudonym + "/" + class
+}
+
+func mirrorPrefix(prefix, group string) string { return prefix + "/hub/" + group + "/contrib/" }
+
+// Mirror is the payload on a MirrorTopic: the contribution as the firm
+// sent it and when the hub that took it from the shared subscription
+// accepted it, which orders replacements across the hubs of a group.
+type Mirror struct {
+	// Received is the accepting hub's clock in Unix milliseconds.
+	Received int64 `json:"received"`
+	// Payload is the contribution's JSON as it came from the firm.
+	Payload json.RawMessage `json:"payload"`
+}
+
+// ParseMirror reads a contribution another hub of group passed on: the
+// topic must be a MirrorTopic, and the payload a Mirror whose contribution
+// passes Parse as if it had come on the firm's own topic. It returns the
+// contribution and its received stamp, and never panics on any input.
+func ParseMirror(prefix, group, topic string, payload []byte, now time.Time, maxAge time.Duration) (share.Contribution, int64, error) {
+	rest, ok := strings.CutPrefix(topic, mirrorPrefix(prefix, group))
+	if !ok {
+		return share.Contribution{}, 0, refuse("topic", "%q is not under %s/hub/%s/contrib/", topic, prefix, group)
+	}
+	if len(payload) > MaxPayloadBytes+mirrorOverhead {
+		return share.Contribution{}, 0, refuse("oversized", "%d bytes, at most %d", len(payload), MaxPayloadBytes+mirrorOverhead)
+	}
+	var m Mirror
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return share.Contribution{}, 0, refuse("invalid_json", "mirror: %w", err)
+	}
+	if dec.More() {
+		return share.Contribution{}, 0, refuse("invalid_json", "data after the mirror")
+	}
+	if m.Received <= 0 {
+		return share.Contribution{}, 0, refuse("invalid", "mirror without a received stamp")
+	}
+	c, err := Parse(prefix, prefix+"/contrib/"+rest, m.Payload, now, maxAge)
+	return c, m.Received, err
+}

@@ -93,7 +93,7 @@ func TestHubRetention(t *testing.T) {
 				InfluxDB: InfluxConfig{URL: "http://127.0.0.1:1", Bucket: "cluster"},
 				Grace:    5 * time.Minute, Quiet: time.Minute, Retention: tt.retention}
 			w := &memWriter{}
-			h, err := New(cfg, nil, WithWriter(w), WithClock(func() time.Time { return now }), WithRand(seedFrom(1)))
+			h, err := New(cfg, nil, WithWriter(w), WithClock(func() time.Time { return now }))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -145,7 +145,7 @@ func TestHubRetention(t *testing.T) {
 			// A restart from the state file: nothing to republish, and
 			// the period stays closed to the same firms.
 			w2 := &memWriter{}
-			h2, err := New(cfg, nil, WithWriter(w2), WithClock(func() time.Time { return now }), WithRand(seedFrom(2)))
+			h2, err := New(cfg, nil, WithWriter(w2), WithClock(func() time.Time { return now }))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,7 +195,7 @@ func TestHubDiscardSaveRetried(t *testing.T) {
 			h, err := New(Config{DataDir: dir, Broker: share.BrokerConfig{URL: "tcp://127.0.0.1:1"},
 				InfluxDB: InfluxConfig{URL: "http://127.0.0.1:1", Bucket: "cluster"},
 				Grace:    5 * time.Minute, Quiet: time.Minute, Retention: tt.retention},
-				nil, WithWriter(w), WithClock(func() time.Time { return now }), WithRand(seedFrom(1)))
+				nil, WithWriter(w), WithClock(func() time.Time { return now }))
 			if err != nil {
 				t.Fatal(err)
 			}
