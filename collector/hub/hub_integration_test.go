@@ -156,7 +156,8 @@ func startHub(t *testing.T, cfg Config, opts ...Option) (*Hub, func()) {
 
 // TestClusterBrokerACLPseudonym: with the shipped broker config a firm
 // can publish under its own pseudonym only, cannot read contributions,
-// and nobody gets in without a password.
+// can neither publish nor read the hubs' mirrors, and nobody gets in
+// without a password.
 func TestClusterBrokerACLPseudonym(t *testing.T) {
 	p := collectortest.NewPKI(t, "cluster-ca")
 	a, b := newPseudonym(t), newPseudonym(t)
@@ -219,6 +220,58 @@ func TestClusterBrokerACLPseudonym(t *testing.T) {
 		}
 		return nil
 	})
+	select {
+	case topic := <-got:
+		t.Fatalf("firm A read %s", topic)
+	default:
+	}
+
+	// The hubs' topics are closed to firms. A forged mirror of firm B's
+	// contribution for a class B never sent, stamped far ahead so it
+	// would win: the broker drops it, so once A's marker after it is in,
+	// the hub has only A.
+	forged, _ := json.Marshal(Mirror{Received: time.Now().Add(time.Hour).UnixMilli(),
+		Payload: payload(t, contribution(b, "press-brake", start, 0.99))})
+	if err := share.Wait(context.Background(), firmA.Publish(MirrorTopic("shopfloor/v1", DefaultGroup, b, "press-brake"), 1, false, forged), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, firmA, share.Topic("shopfloor/v1", a, "press-brake"), contribution(a, "press-brake", start, 0.5))
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if got := h.Contributors("press-brake", start); !slices.Equal(got, []string{a}) {
+			return fmt.Errorf("press-brake contributors %v", got)
+		}
+		return nil
+	})
+	if n := h.Accepted()[SourceMirror]; n != 0 {
+		t.Fatalf("the hub took %d mirrors a firm published", n)
+	}
+	// Nor can a firm read the mirrors: the hub mirrors B's next
+	// contribution, which a hub-user observer sees and A must not.
+	tok = firmA.Subscribe("shopfloor/v1/hub/#", 1, func(_ paho.Client, m paho.Message) { got <- m.Topic() })
+	if err := share.Wait(context.Background(), tok, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SUBACK for firm A reading the mirrors: %v", tok.(*paho.SubscribeToken).Result())
+	obs, err := client(t, brokerConfig(url, "shopfloor-hub", "pw-hub", p), "observer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrored := make(chan string, 10)
+	if err := share.Wait(context.Background(), obs.Subscribe("shopfloor/v1/hub/#", 1, func(_ paho.Client, m paho.Message) { mirrored <- m.Topic() }), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, firmB, share.Topic("shopfloor/v1", b, "press-brake"), contribution(b, "press-brake", start, 0.6))
+	select {
+	case topic := <-mirrored:
+		if want := MirrorTopic("shopfloor/v1", DefaultGroup, b, "press-brake"); topic != want {
+			t.Fatalf("observer got %s, want %s", topic, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hub's mirror of B's contribution did not reach a hub-user subscriber")
+	}
+	// A round trip on A's connection after the mirror was routed: a
+	// message for A would be read before this PUBACK.
+	publish(t, firmA, share.Topic("shopfloor/v1", a, "press-brake"), contribution(a, "press-brake", start, 0.55))
 	select {
 	case topic := <-got:
 		t.Fatalf("firm A read %s", topic)
