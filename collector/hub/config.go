@@ -46,11 +46,17 @@ type Config struct {
 	// Broker is the cluster's MQTT broker; ClientID defaults to
 	// shopfloor-hub and must differ between hubs.
 	Broker share.BrokerConfig `yaml:"broker"`
-	// Group is the shared-subscription group. Hubs in one group with the
-	// same classes split that class's messages between them, which would
-	// split its periods, so give hubs of one group disjoint classes (the
-	// load splits by class) or run one hub. Empty means a plain
-	// subscription.
+	// Group is the shared-subscription group. Hubs in one group may
+	// handle the same classes: the broker hands each firm's message to
+	// one of them, which stores it and passes it on to the others under
+	// <topic_prefix>/hub/<group>/contrib/ (QoS 1, not retained, stamped
+	// with when it was accepted), so every hub aggregates every
+	// contribution and writes the same points. Of one firm's
+	// contributions to a period the newest stamp wins, so keep the hubs'
+	// clocks NTP-synced: only replacements sent within the clock skew of
+	// each other can be misordered. With epsilon > 0 give every hub of
+	// the group the same secret file (<data_dir>/secret), or they draw
+	// different noise; and each hub its own broker.client_id.
 	Group string `yaml:"group"`
 	// TopicPrefix must match the agents' share.topic_prefix.
 	TopicPrefix string `yaml:"topic_prefix"`
@@ -62,6 +68,9 @@ type Config struct {
 	K int `yaml:"k"`
 	// Epsilon, when above 0, adds Laplace noise to every published
 	// quartile; smaller means more noise. See README (cluster section).
+	// The noise is drawn from a generator seeded with HMAC-SHA256 keyed
+	// with the hub secret, <data_dir>/secret (32 random bytes created on
+	// first start), over the period and its contributions.
 	Epsilon float64 `yaml:"epsilon"`
 	// Retention keeps raw contributions in the state file this long after
 	// their period was published; 0 discards them at once.
