@@ -35,7 +35,8 @@ func (b *lockedBuffer) String() string {
 // TestInteropDeadbandFallback: node-opcua refuses a percent deadband on a
 // variable without an EURange; the source says so, monitors the node
 // without the filter, and its value arrives beside a node whose absolute
-// deadband the server took.
+// deadband the server took. A deadband on a String is not sent at all
+// (deadbands are for numeric nodes), so it is not refused either.
 func TestInteropDeadbandFallback(t *testing.T) {
 	endpoint := nodeServer(t, false, "", "")
 	var logs lockedBuffer
@@ -46,6 +47,7 @@ func TestInteropDeadbandFallback(t *testing.T) {
 		Nodes: []Node{
 			{Path: "Objects/Machines/types-01/Double", Deadband: &Deadband{Type: DeadbandPercent, Value: 10}},
 			{Path: "Objects/Machines/cnc-01/SpindleSpeed", Deadband: &Deadband{Type: DeadbandAbsolute, Value: 1}},
+			{Path: "Objects/Machines/types-01/String", Deadband: &Deadband{Type: DeadbandAbsolute, Value: 1}},
 		},
 	}
 	cfg.SetDefaults()
@@ -62,7 +64,7 @@ func TestInteropDeadbandFallback(t *testing.T) {
 				got[b.Origin+"/"+s.Signal] = true
 			}
 		}
-		if len(got) < 2 {
+		if len(got) < 3 {
 			return fmt.Errorf("values so far: %v", got)
 		}
 		return nil
@@ -72,6 +74,6 @@ func TestInteropDeadbandFallback(t *testing.T) {
 		t.Errorf("no warning about the refused deadband of types-01/Double in the log:\n%s", l)
 	}
 	if strings.Count(l, "the server refused the deadband") != 1 {
-		t.Errorf("the absolute deadband on SpindleSpeed was refused too, or the warning repeats:\n%s", l)
+		t.Errorf("the absolute deadband on SpindleSpeed or the one on String was refused too, or the warning repeats:\n%s", l)
 	}
 }

@@ -1,6 +1,7 @@
 package opcua
 
 import (
+	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
@@ -15,6 +16,10 @@ func TestPKITrustList(t *testing.T) {
 	own, _, err := p.ApplicationCertificate("urn:shopfloor:test")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// OPC UA (Part 6, 6.2.2): the ApplicationUri is in the SubjectAltName.
+	if c, err := x509.ParseCertificate(own); err != nil || !hasURI(c, "urn:shopfloor:test") {
+		t.Errorf("application certificate lacks its ApplicationUri in the SubjectAltName (%v)", err)
 	}
 	serverA, _, _ := generateCert("urn:server:a")
 	serverA2, _, _ := generateCert("urn:server:a") // the same server, a new certificate

@@ -501,3 +501,23 @@ func TestSourceShutdownPromptOnSilentLink(t *testing.T) {
 		t.Fatal("Run did not return within 15s after cancel")
 	}
 }
+
+// TestSourceStartNode: a browse path starts at start_node, here the
+// Objects folder (i=85); the batch origin is the path the pattern
+// matched, from the start node, without the variable.
+func TestSourceStartNode(t *testing.T) {
+	ts := startTestServer(t, defaultMachines())
+	s := newTestSource(t, Config{
+		Endpoint:           ts.endpoint(),
+		PublishingInterval: 50 * time.Millisecond,
+		Nodes:              []Node{{Path: "Machines/*/TcpSpeed", StartNode: "i=85"}},
+	}, "")
+	out := &collectortest.Output{}
+	supervise(t, s, out)
+	if got := waitFor(t, out, "Machines/robot-01|TcpSpeed", nil); got.Value != collector.Float(250) {
+		t.Errorf("TcpSpeed = %v, want 250", got.Value.Format())
+	}
+	if bad := s.BadNodes(); len(bad) != 0 {
+		t.Errorf("BadNodes = %+v", bad)
+	}
+}
