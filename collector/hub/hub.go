@@ -107,8 +107,9 @@ func WithWriter(w Writer) Option { return func(h *Hub) { h.w = w } }
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(h *Hub) { h.now = now } }
 
-// New builds a hub and restores the contributions a previous run kept.
-// It contacts neither the broker nor InfluxDB.
+// New builds a hub, reads (or creates) its noise secret and restores the
+// contributions a previous run kept. It contacts neither the broker nor
+// InfluxDB.
 func New(cfg Config, logger *slog.Logger, opts ...Option) (*Hub, error) {
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -120,7 +121,8 @@ func New(cfg Config, logger *slog.Logger, opts ...Option) (*Hub, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("hub: data_dir: %w", err)
 	}
-	// The firm secret's code: 32 random bytes, created once, mode 0600.
+	// <data_dir>/secret, made like a firm's secret: 32 random bytes,
+	// created on first start, mode 0600.
 	secret, err := share.LoadOrCreateSecret(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("hub: the noise secret (every hub of a group needs the same file): %w", err)
