@@ -146,12 +146,21 @@ type Queue struct {
 	commitMu   sync.Mutex
 	committed  uint64 // every ticket below this is written
 	commitErr  error
-	out        *os.File
+	// out is the segment being written: replaced with commitMu and mu
+	// held, so either one is enough to read it.
+	out *os.File
+
+	// ackMu serialises writes of the ack file; ackWritten is the position
+	// it holds, so a slow periodic write never replaces a newer one.
+	ackMu      sync.Mutex
+	ackWritten Position
 
 	reader *reader
 
 	stopSync chan struct{}
 	syncDone chan struct{}
+	// fsync is (*os.File).Sync; tests slow it down.
+	fsync func(*os.File) error
 }
 
 // Open opens or creates the queue in opt.Dir, recovering from whatever a
@@ -168,7 +177,7 @@ func Open(opt Options) (*Queue, error) {
 	if opt.MaxBytes < 2*opt.SegmentBytes {
 		return nil, fmt.Errorf("queue: max bytes %d must be at least twice the segment size %d", opt.MaxBytes, opt.SegmentBytes)
 	}
-	q := &Queue{opt: opt, log: opt.Logger, notify: make(chan struct{}, 1)}
+	q := &Queue{opt: opt, log: opt.Logger, notify: make(chan struct{}, 1), fsync: (*os.File).Sync}
 	if q.log == nil {
 		q.log = slog.New(slog.DiscardHandler)
 	}
@@ -359,10 +368,13 @@ func (q *Queue) startSegment() error {
 		if err := q.out.Sync(); err != nil {
 			return fmt.Errorf("queue: sync segment: %w", err)
 		}
-		if err := q.out.Close(); err != nil {
+		old := q.out
+		q.mu.Lock()
+		q.out = nil
+		q.mu.Unlock()
+		if err := old.Close(); err != nil {
 			return fmt.Errorf("queue: close segment: %w", err)
 		}
-		q.out = nil
 	}
 	s := &segment{seq: seq, path: q.segPath(seq)}
 	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o640)
@@ -373,8 +385,8 @@ func (q *Queue) startSegment() error {
 		f.Close()
 		return err
 	}
-	q.out = f
 	q.mu.Lock()
+	q.out = f
 	q.segs = append(q.segs, s)
 	if len(q.segs) == 1 {
 		q.ack = Position{Seg: seq}
@@ -563,7 +575,7 @@ func (q *Queue) writeAckLocked() error {
 	if !q.ackDirty {
 		return nil
 	}
-	if err := writeAck(filepath.Join(q.opt.Dir, ackFile), q.ack, q.opt.FsyncInterval == 0); err != nil {
+	if err := q.writeAck(q.ack, q.opt.FsyncInterval == 0); err != nil {
 		return err
 	}
 	q.ackDirty = false
@@ -607,31 +619,49 @@ func appendTimeAt(path string, off int64) time.Time {
 	return time.Unix(0, int64(binary.LittleEndian.Uint64(hdr[8:16])))
 }
 
-// Sync writes what is pending to disk now.
+// Sync writes what is pending to disk now. It holds no lock while the
+// disk works: fsync covers whatever was written before it began, and
+// appenders waiting behind a sync every FsyncInterval would stall every
+// source that often (at QoS 0 long enough for the broker to drop).
 func (q *Queue) Sync() error {
-	q.commitMu.Lock()
-	defer q.commitMu.Unlock()
-	return q.syncLocked()
-}
-
-func (q *Queue) syncLocked() error {
 	q.mu.Lock()
-	dirty := q.dirty
+	out, dirty := q.out, q.dirty
 	q.dirty = false
+	ack, ackDirty := q.ack, q.ackDirty
+	q.ackDirty = false
 	q.mu.Unlock()
-	if dirty && q.out != nil {
-		if err := q.out.Sync(); err != nil {
+	if dirty && out != nil {
+		// A segment closed meanwhile was synced before it was closed.
+		if err := q.fsync(out); err != nil && !errors.Is(err, os.ErrClosed) {
+			q.mu.Lock()
+			q.dirty = true
+			q.mu.Unlock()
 			return fmt.Errorf("queue: sync: %w", err)
 		}
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.ackDirty {
-		if err := writeAck(filepath.Join(q.opt.Dir, ackFile), q.ack, true); err != nil {
+	if ackDirty {
+		if err := q.writeAck(ack, true); err != nil {
+			q.mu.Lock()
+			q.ackDirty = true
+			q.mu.Unlock()
 			return err
 		}
-		q.ackDirty = false
 	}
+	return nil
+}
+
+// writeAck writes p to the ack file unless a later position is there
+// already.
+func (q *Queue) writeAck(p Position, sync bool) error {
+	q.ackMu.Lock()
+	defer q.ackMu.Unlock()
+	if p.before(q.ackWritten) {
+		return nil
+	}
+	if err := writeAck(filepath.Join(q.opt.Dir, ackFile), p, sync); err != nil {
+		return err
+	}
+	q.ackWritten = p
 	return nil
 }
 
@@ -668,14 +698,17 @@ func (q *Queue) Close() error {
 	q.dirty = true
 	q.ackDirty = true
 	q.mu.Unlock()
-	err := q.syncLocked()
+	err := q.Sync()
 	q.mu.Lock()
 	q.closed = true
 	q.mu.Unlock()
 	q.reader.close()
-	if q.out != nil {
-		err = errors.Join(err, q.out.Close())
-		q.out = nil
+	q.mu.Lock()
+	out := q.out
+	q.out = nil
+	q.mu.Unlock()
+	if out != nil {
+		err = errors.Join(err, out.Close())
 	}
 	return err
 }

@@ -405,3 +405,76 @@ func BenchmarkAppendRead(b *testing.B) {
 	b.Run("fsync=every-commit", func(b *testing.B) { benchmarkAppendRead(b, 0) })
 	b.Run("fsync=100ms", func(b *testing.B) { benchmarkAppendRead(b, 100*time.Millisecond) })
 }
+
+// TestSlowSyncHoldsNothingUp: while the periodic fsync waits for the
+// disk, appends (the sources' path), reads and acks go on, and what the
+// sync wrote of the ack position never replaces a later one.
+func TestSlowSyncHoldsNothingUp(t *testing.T) {
+	dir := t.TempDir()
+	// An interval long enough that only the explicit Sync below runs.
+	q, err := Open(Options{Dir: dir, SegmentBytes: 1 << 20, MaxBytes: 4 << 20, FsyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}), make(chan struct{})
+	q.fsync = func(f *os.File) error {
+		close(entered)
+		<-release
+		return f.Sync()
+	}
+	appendN(t, q, 0, 10)
+	recs, err := q.Read(nil, 5)
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("read %d records: %v", len(recs), err)
+	}
+	if err := q.Ack(recs); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- q.Sync() }()
+	<-entered
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		appendN(t, q, 10, 10)
+		var got []string
+		for {
+			recs, err := q.Read(nil, 100)
+			if err != nil || len(recs) == 0 {
+				break
+			}
+			for _, r := range recs {
+				got = append(got, string(r.Data))
+			}
+			if err := q.Ack(recs); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		if len(got) == 0 {
+			t.Error("nothing read while the sync waited")
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("append, read and ack waited for the fsync")
+	}
+	close(release)
+	if err := <-synced; err != nil {
+		t.Fatal(err)
+	}
+	q.fsync = (*os.File).Sync
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Everything was acknowledged after the sync took its position: the
+	// ack file must say so, or a restart sends it all again.
+	q = open(t, dir, 1<<20, 4<<20)
+	defer q.Close()
+	if got := readAll(t, q, false); len(got) != 0 {
+		t.Errorf("after restart %d records are unacknowledged, want 0", len(got))
+	}
+}
