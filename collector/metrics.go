@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,9 +76,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}, []string{"sink"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "shopfloor_sink_sample_latency_seconds",
-			Help:    "Time from a machine sample's source timestamp to the sink confirming it: the end-to-end delay, backlog and clock skew included.",
-			Buckets: prometheus.ExponentialBuckets(0.005, 2, 17),
+			Name: "shopfloor_sink_sample_latency_seconds",
+			Help: "Time from a machine sample's source timestamp to the sink confirming it: the end-to-end delay, backlog and clock skew included.",
+			// A factor of √2 rather than 2: a p99 read from this (the
+			// dashboards' and the loadtest's) is then within ±20 % instead
+			// of anywhere in a doubling; 5 ms to about 7 minutes.
+			Buckets: prometheus.ExponentialBuckets(0.005, math.Sqrt2, 34),
 		}, []string{"sink"}),
 		reg: reg,
 	}
