@@ -28,6 +28,10 @@ type PipelineConfig struct {
 	// FlushInterval is how long a partial batch may wait for more samples;
 	// like BatchSize it comes from the sink's section.
 	FlushInterval time.Duration `yaml:"-"`
+	// MaxInFlight is how many batches are written at once, also from the
+	// sink's section. They are acknowledged in queue order whatever order
+	// they finish in.
+	MaxInFlight int `yaml:"-"`
 	// Queue is the store-and-forward buffer on disk.
 	Queue QueueConfig `yaml:"queue"`
 	// DeadLetterDir receives batches the sink refused; the agent puts it
@@ -85,6 +89,9 @@ func (c *PipelineConfig) SetDefaults() {
 	if c.FlushInterval == 0 {
 		c.FlushInterval = time.Second
 	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 2
+	}
 	if c.Queue.MaxBytes == 0 {
 		c.Queue.MaxBytes = DefaultQueueMaxBytes
 	}
@@ -125,6 +132,9 @@ func (c PipelineConfig) Validate() error {
 	var errs []error
 	if c.BatchSize < 1 {
 		errs = append(errs, config.Invalid("batch_size", "must be at least 1"))
+	}
+	if c.MaxInFlight < 1 {
+		errs = append(errs, config.Invalid("max_in_flight", "must be at least 1"))
 	}
 	if c.FlushInterval <= 0 {
 		errs = append(errs, config.Invalid("flush_interval", "must be positive"))

@@ -16,19 +16,30 @@ import (
 // write is the single consumer of the queue: it reads records into
 // batches of up to BatchSize samples, waits at most FlushInterval for a
 // batch to fill, writes it to the sink and acknowledges the records once
-// the sink confirmed them. After draining is closed it writes what is left
-// without waiting and returns when the queue is empty; ctx ending stops it
-// at once, leaving unconfirmed records in the queue.
+// the sink confirmed them. Up to MaxInFlight batches are written at once,
+// so the database works on one while the next is read and encoded; they
+// are acknowledged in queue order. After draining is closed it writes
+// what is left without waiting and returns when the queue is empty; ctx
+// ending stops it at once, leaving unconfirmed records in the queue.
 func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 	var (
 		dec      RecordDecoder
 		recs     []queue.Record
-		pending  []queue.Record // read, not yet confirmed (Data not kept)
-		weights  []int
-		samples  = make([]Sample, 0, p.cfg.BatchSize)
 		readErrs = newRateLimiter(time.Minute)
 		bo       = p.newBackoff()
+		flights  inFlight
+		b        = flights.batch(p.cfg.BatchSize)
 	)
+	// What is in flight when the writer stops is waited for, and what the
+	// sink confirmed is acknowledged.
+	defer func() {
+		for len(flights.sending) > 0 {
+			if !p.land(&flights) {
+				break
+			}
+		}
+		flights.wait()
+	}()
 	isDraining := func() bool {
 		select {
 		case <-draining:
@@ -39,9 +50,9 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 	}
 	for ctx.Err() == nil {
 		// Fill a batch.
-		for len(samples) < p.cfg.BatchSize {
+		for len(b.samples) < p.cfg.BatchSize {
 			var err error
-			recs, err = p.queue.Read(recs, p.cfg.BatchSize-len(samples))
+			recs, err = p.queue.Read(recs, p.cfg.BatchSize-len(b.samples))
 			if err != nil {
 				if errors.Is(err, queue.ErrClosed) {
 					return
@@ -49,43 +60,54 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 				if _, ok := readErrs.allow("read"); ok {
 					p.log.Error("queue: cannot read; retrying", "sink", p.sink.Name, "err", err)
 				}
+				// Rewinding goes back to the acknowledged position, so
+				// what is in flight must land first.
+				for len(flights.sending) > 0 {
+					if !p.land(&flights) {
+						return
+					}
+				}
 				p.queue.Rewind()
-				pending, weights, samples = pending[:0], weights[:0], samples[:0]
+				b.reset()
 				if !sleep(ctx, bo.NextBackOff()) {
 					return
 				}
 				continue
 			}
 			for _, r := range recs {
-				n := len(samples)
-				samples, err = dec.Decode(r.Data, samples)
+				n := len(b.samples)
+				b.samples, err = dec.Decode(r.Data, b.samples)
 				if err != nil {
 					// Written by this program and checksummed, so this is
 					// a bug or a format change; the record cannot be sent.
-					samples = samples[:n]
+					b.samples = b.samples[:n]
 					p.metrics.corruptRecords.WithLabelValues(p.sink.Name).Inc()
 					p.log.Error("queue: a record cannot be decoded; skipped", "sink", p.sink.Name, "err", err)
 				}
 				r.Data = nil
-				pending = append(pending, r)
-				weights = append(weights, len(samples)-n)
+				b.pending = append(b.pending, r)
+				b.weights = append(b.weights, len(b.samples)-n)
 			}
 			if len(recs) > 0 {
 				continue
 			}
-			if len(pending) == 0 {
+			if len(b.pending) == 0 {
 				if isDraining() {
-					return
+					return // the deferred landing waits for what is in flight
 				}
 				select {
 				case <-p.queue.Notify():
+				case <-flights.oldest():
+					if !p.land(&flights) {
+						return
+					}
 				case <-draining:
 				case <-ctx.Done():
 					return
 				}
 				continue
 			}
-			wait := time.Until(pending[0].Appended.Add(p.cfg.FlushInterval))
+			wait := time.Until(b.pending[0].Appended.Add(p.cfg.FlushInterval))
 			if wait <= 0 || isDraining() {
 				break
 			}
@@ -93,6 +115,11 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 			select {
 			case <-p.queue.Notify():
 			case <-t.C:
+			case <-flights.oldest():
+				if !p.land(&flights) {
+					t.Stop()
+					return
+				}
 			case <-draining:
 			case <-ctx.Done():
 				t.Stop()
@@ -100,24 +127,92 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 			}
 			t.Stop()
 		}
-		if len(pending) == 0 {
+		if len(b.pending) == 0 {
 			continue
 		}
 		if p.limiter != nil && p.queue.Stats().Weight > int64(2*p.cfg.BatchSize) {
-			if err := p.limiter.WaitN(ctx, len(samples)); err != nil {
+			if err := p.limiter.WaitN(ctx, len(b.samples)); err != nil {
 				return
 			}
 		}
-		if !p.send(ctx, samples, weights) {
-			return // shutdown deadline: the records stay queued
+		flights.launch(b, func(b *batch) bool { return p.send(ctx, b.samples, b.weights) })
+		for len(flights.sending) >= p.cfg.MaxInFlight {
+			if !p.land(&flights) {
+				return // shutdown deadline: the records stay queued
+			}
 		}
-		if err := p.queue.Ack(pending); err != nil {
-			p.log.Error("queue: cannot record delivery; these samples may be sent again after a restart", "sink", p.sink.Name, "err", err)
-		}
-		pending, weights, samples = pending[:0], weights[:0], samples[:0]
+		b = flights.batch(p.cfg.BatchSize)
 		bo.Reset()
 	}
 }
+
+// land waits for the oldest batch in flight and acknowledges its records.
+// It reports false when that batch was not confirmed because ctx ended.
+func (p *Pipeline) land(f *inFlight) bool {
+	b := f.sending[0]
+	<-b.done
+	if !b.sent {
+		return false
+	}
+	f.sending = f.sending[1:]
+	if err := p.queue.Ack(b.pending); err != nil {
+		p.log.Error("queue: cannot record delivery; these samples may be sent again after a restart", "sink", p.sink.Name, "err", err)
+	}
+	b.reset()
+	f.free = append(f.free, b)
+	return true
+}
+
+// batch is one sink write with the queue records it came from.
+type batch struct {
+	samples []Sample
+	weights []int          // samples per record, for bisecting a refusal
+	pending []queue.Record // Data not kept
+	sent    bool
+	done    chan struct{}
+}
+
+func (b *batch) reset() {
+	clear(b.samples) // let strings go
+	b.samples, b.weights, b.pending = b.samples[:0], b.weights[:0], b.pending[:0]
+}
+
+// inFlight is the writer's batches being written, oldest first, and
+// those it may reuse.
+type inFlight struct {
+	sending []*batch
+	free    []*batch
+	wg      sync.WaitGroup
+}
+
+func (f *inFlight) batch(size int) *batch {
+	if n := len(f.free); n > 0 {
+		b := f.free[n-1]
+		f.free = f.free[:n-1]
+		return b
+	}
+	return &batch{samples: make([]Sample, 0, size)}
+}
+
+func (f *inFlight) launch(b *batch, send func(*batch) bool) {
+	b.sent, b.done = false, make(chan struct{})
+	f.sending = append(f.sending, b)
+	f.wg.Go(func() {
+		b.sent = send(b)
+		close(b.done)
+	})
+}
+
+// oldest is closed when the oldest batch in flight is done; nil (never
+// ready) when none is.
+func (f *inFlight) oldest() <-chan struct{} {
+	if len(f.sending) == 0 {
+		return nil
+	}
+	return f.sending[0].done
+}
+
+func (f *inFlight) wait() { f.wg.Wait() }
 
 // send writes samples, whose records have the given sample counts, until
 // the sink has confirmed or refused every one of them. A refused batch is

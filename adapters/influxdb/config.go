@@ -49,6 +49,11 @@ type Config struct {
 	// FlushInterval is how long the pipeline lets a partial batch wait.
 	// The sink itself does not read it.
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	// MaxInFlight is how many batches the pipeline writes at once, each
+	// on its own connection: with two, InfluxDB stores one while the
+	// agent reads and encodes the next, which halves the delay of a
+	// backlog on a busy box. 1 writes strictly one after the other.
+	MaxInFlight int `yaml:"max_in_flight"`
 	// TLS tunes https connections.
 	TLS TLSConfig `yaml:"tls"`
 }
@@ -72,6 +77,10 @@ const (
 	DefaultTimeout        = 10 * time.Second
 	DefaultBatchSize      = 5000
 	DefaultFlushInterval  = time.Second
+	DefaultMaxInFlight    = 2
+	// maxInFlight bounds max_in_flight: every batch in flight holds its
+	// samples in memory (some 7 MB at the default batch size).
+	maxInFlight = 16
 )
 
 // SetDefaults fills unset values. The config loader calls it after
@@ -95,6 +104,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
 	}
 }
 
@@ -164,6 +176,9 @@ func (c Config) Validate() error {
 	}
 	if c.FlushInterval <= 0 {
 		errs = append(errs, config.Invalid("flush_interval", "must be positive, e.g. 1s"))
+	}
+	if c.MaxInFlight < 1 || c.MaxInFlight > maxInFlight {
+		errs = append(errs, config.Invalid("max_in_flight", "must be 1 to %d, got %d; 2 suits most servers", maxInFlight, c.MaxInFlight))
 	}
 	if c.TLS.CAFile != "" {
 		if _, err := loadCA(c.TLS.CAFile); err != nil {

@@ -30,8 +30,8 @@ import (
 )
 
 // Sink writes samples to one InfluxDB bucket. It implements
-// collector.Sink; Write may be called from several goroutines, but calls
-// are serialised because they share one encoding buffer.
+// collector.Sink; Write may be called from several goroutines at once,
+// each request then on its own connection.
 type Sink struct {
 	cfg       Config
 	log       *slog.Logger
@@ -39,9 +39,34 @@ type Sink struct {
 	writer    api.WriteAPIBlocking
 	transport *http.Transport
 
-	mu  sync.Mutex
+	// idle holds the encoders of finished writes: each keeps its grown
+	// buffer (a batch's line protocol, most of a megabyte), which a
+	// sync.Pool would hand to the garbage collector every cycle.
+	mu   sync.Mutex
+	idle []*encoding
+}
+
+// encoding is one write's scratch space.
+type encoding struct {
 	enc lineEncoder
 	buf []byte
+}
+
+func (s *Sink) encoding() *encoding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.idle); n > 0 {
+		e := s.idle[n-1]
+		s.idle = s.idle[:n-1]
+		return e
+	}
+	return &encoding{}
+}
+
+func (s *Sink) release(e *encoding) {
+	s.mu.Lock()
+	s.idle = append(s.idle, e)
+	s.mu.Unlock()
 }
 
 var _ collector.Sink = (*Sink)(nil)
@@ -86,7 +111,7 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 		TLSClientConfig:     tlsConf,
 		TLSHandshakeTimeout: cfg.Timeout,
 		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 2,
+		MaxIdleConnsPerHost: max(cfg.MaxInFlight, 1),
 		IdleConnTimeout:     90 * time.Second,
 	}
 	opt := influxdb2.DefaultOptions().
@@ -129,24 +154,24 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 // rest was stored, Write says so with a *collector.UnwritableError, so the
 // pipeline counts them instead of calling them written.
 func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.enc.skipped = s.enc.skipped[:0]
-	defer s.reportSkipped(len(samples))
+	e := s.encoding()
+	defer s.release(e)
+	e.enc.skipped = e.enc.skipped[:0]
+	defer s.reportSkipped(&e.enc, len(samples))
 
 	var refused []error
 	stored := 0
 	for start := 0; start < len(samples); {
-		s.enc.kpiMeasurement = s.cfg.KPIMeasurement
-		buf, lines, n := s.enc.encode(s.buf[:0], s.cfg.Measurement, samples[start:], s.cfg.BatchSize, start)
-		s.buf = buf
+		e.enc.kpiMeasurement = s.cfg.KPIMeasurement
+		buf, lines, n := e.enc.encode(e.buf[:0], s.cfg.Measurement, samples[start:], s.cfg.BatchSize, start)
+		e.buf = buf
 		start += n
 		if lines == 0 {
 			continue
 		}
 		// A copy, because with gzip the client may still read the body
 		// from its compressing goroutine after an early failure, while the
-		// next request reuses s.buf.
+		// next request reuses e.buf.
 		err := s.writer.WriteRecord(ctx, string(buf))
 		if err == nil {
 			stored += lines
@@ -161,16 +186,16 @@ func (s *Sink) Write(ctx context.Context, samples []collector.Sample) error {
 			break // size or an odd status: every other request would fail the same way
 		}
 	}
-	if len(refused) == 0 && len(s.enc.skipped) > 0 {
-		return &collector.UnwritableError{Samples: len(s.enc.skipped), Err: s.enc.err()}
+	if len(refused) == 0 && len(e.enc.skipped) > 0 {
+		return &collector.UnwritableError{Samples: len(e.enc.skipped), Err: e.enc.err()}
 	}
 	return errors.Join(refused...)
 }
 
-func (s *Sink) reportSkipped(total int) {
-	if err := s.enc.err(); err != nil {
+func (s *Sink) reportSkipped(enc *lineEncoder, total int) {
+	if err := enc.err(); err != nil {
 		s.log.Warn("samples left out of the InfluxDB write", "url", s.cfg.URL, "bucket", s.cfg.Bucket,
-			"skipped", len(s.enc.skipped), "samples", total, "err", err)
+			"skipped", len(enc.skipped), "samples", total, "err", err)
 	}
 }
 

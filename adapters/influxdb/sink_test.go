@@ -389,13 +389,13 @@ func TestConfig(t *testing.T) {
 			if c.UseGzip() != tc.gzip {
 				t.Errorf("%q: UseGzip %v, want %v", tc.yaml, c.UseGzip(), tc.gzip)
 			}
-			if c.Measurement != "machine" || c.Timeout != 10*time.Second || c.BatchSize != 5000 || c.FlushInterval != time.Second {
+			if c.Measurement != "machine" || c.Timeout != 10*time.Second || c.BatchSize != 5000 || c.FlushInterval != time.Second || c.MaxInFlight != 2 {
 				t.Errorf("defaults not applied: %+v", c)
 			}
 		}
 	})
 	t.Run("every problem at once", func(t *testing.T) {
-		c := Config{URL: "ftp://x", Measurement: "bad\tname", Timeout: -1, BatchSize: -5, FlushInterval: -1, TLS: TLSConfig{CAFile: "/nonexistent/ca.pem"}}
+		c := Config{URL: "ftp://x", Measurement: "bad\tname", Timeout: -1, BatchSize: -5, FlushInterval: -1, MaxInFlight: 17, TLS: TLSConfig{CAFile: "/nonexistent/ca.pem"}}
 		err := c.Validate()
 		keys := map[string]bool{}
 		for _, e := range config.Flatten(err) {
@@ -406,7 +406,7 @@ func TestConfig(t *testing.T) {
 			}
 			keys[fe.Key] = true
 		}
-		for _, k := range []string{"url", "bucket", "measurement", "timeout", "batch_size", "flush_interval", "tls.ca_file"} {
+		for _, k := range []string{"url", "bucket", "measurement", "timeout", "batch_size", "flush_interval", "max_in_flight", "tls.ca_file"} {
 			if !keys[k] {
 				t.Errorf("no error for %s in %v", k, err)
 			}
@@ -418,4 +418,52 @@ func TestConfig(t *testing.T) {
 		}
 	})
 
+}
+
+// TestConcurrentWritesKeepTheirOwnBodies: the pipeline writes several
+// batches at once; each request must carry exactly its own batch, not
+// lines of another write that shared an encoding buffer.
+func TestConcurrentWritesKeepTheirOwnBodies(t *testing.T) {
+	f := newFake(t, nil)
+	s := newSink(t, Config{URL: f.srv.URL, Bucket: "b", Gzip: new(bool)})
+	const writers, rounds, points = 4, 25, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for r := range rounds {
+				samples := make([]collector.Sample, points)
+				for i := range samples {
+					// The value names writer and round, the time the point.
+					samples[i] = sample(mill1, "cnc", "power_w", collector.Float(float64(w*1000+r)), t0.Add(time.Duration(i)*time.Second))
+				}
+				if err := s.Write(context.Background(), samples); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	reqs := f.requests()
+	if len(reqs) != writers*rounds {
+		t.Fatalf("%d requests, want %d", len(reqs), writers*rounds)
+	}
+	seen := map[string]bool{}
+	for _, req := range reqs {
+		lines := strings.Split(strings.TrimSuffix(req.body, "\n"), "\n")
+		if len(lines) != points {
+			t.Fatalf("a request holds %d lines, want %d:\n%s", len(lines), points, req.body)
+		}
+		_, first, _ := strings.Cut(lines[0], "power_w=")
+		value, _, _ := strings.Cut(first, " ")
+		for _, l := range lines {
+			if !strings.Contains(l, "power_w="+value+" ") {
+				t.Fatalf("a request mixes batches: %q and %q", lines[0], l)
+			}
+		}
+		if seen[value] {
+			t.Errorf("batch %s sent twice", value)
+		}
+		seen[value] = true
+	}
 }

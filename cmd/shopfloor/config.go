@@ -139,6 +139,9 @@ func (c *Config) SetDefaults() {
 		if s.FlushInterval > 0 {
 			c.Pipeline.FlushInterval = s.FlushInterval
 		}
+		if s.MaxInFlight > 0 {
+			c.Pipeline.MaxInFlight = s.MaxInFlight
+		}
 	}
 	c.Pipeline.SetDefaults()
 	c.KPI.SetDefaults()

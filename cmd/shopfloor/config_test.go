@@ -12,11 +12,11 @@ import (
 // (which made requests a sixth of the size meant).
 func TestPipelineBatchFromSink(t *testing.T) {
 	for _, tc := range []struct {
-		name, sink string
-		want       int
+		name, sink     string
+		want, inFlight int
 	}{
-		{"default", "", 5000 * samplesPerPoint},
-		{"set", "\n    batch_size: 1000", 1000 * samplesPerPoint},
+		{"default", "", 5000 * samplesPerPoint, 2},
+		{"set", "\n    batch_size: 1000\n    max_in_flight: 1", 1000 * samplesPerPoint, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env := map[string]string{}
@@ -26,8 +26,8 @@ func TestPipelineBatchFromSink(t *testing.T) {
 			if err := config.Parse("agent.yaml", []byte(yaml), &cfg, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 				t.Fatal(err)
 			}
-			if cfg.Pipeline.BatchSize != tc.want {
-				t.Errorf("pipeline batch %d samples, want %d", cfg.Pipeline.BatchSize, tc.want)
+			if cfg.Pipeline.BatchSize != tc.want || cfg.Pipeline.MaxInFlight != tc.inFlight {
+				t.Errorf("pipeline batch %d samples, %d in flight; want %d and %d", cfg.Pipeline.BatchSize, cfg.Pipeline.MaxInFlight, tc.want, tc.inFlight)
 			}
 		})
 	}
