@@ -130,6 +130,39 @@ func (m *directAck) Ack() {
 	}
 }
 
+// ackAll acknowledges msgs and clears the slice's entries. The PUBACKs of
+// the messages that came in on one buffered connection go in as one
+// write: for a worker's whole batch one lock and one wake-up of that
+// connection's flusher, instead of one per message. Each connection's
+// PUBACKs keep the order of msgs. buf is scratch space, returned for
+// reuse.
+func ackAll(msgs []paho.Message, buf []byte) []byte {
+	for i, m := range msgs {
+		d, ok := m.(*directAck)
+		if !ok {
+			if m != nil {
+				m.Ack()
+				msgs[i] = nil
+			}
+			continue
+		}
+		buf = buf[:0]
+		for j := i; j < len(msgs); j++ {
+			if o, ok := msgs[j].(*directAck); ok && o.conn == d.conn {
+				msgs[j] = nil
+				if o.acked.CompareAndSwap(false, true) {
+					id := o.MessageID()
+					buf = append(buf, 0x40, 2, byte(id>>8), byte(id))
+				}
+			}
+		}
+		if len(buf) > 0 {
+			_, _ = d.conn.Write(buf)
+		}
+	}
+	return buf
+}
+
 // Close sends what is pending, then closes the connection.
 func (c *bufferedConn) Close() error {
 	c.mu.Lock()

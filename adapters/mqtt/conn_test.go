@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // pipe is a bufferedConn on one end of a pipe; received returns what the
@@ -89,3 +91,52 @@ func (m idMessage) Topic() string     { return "t" }
 func (m idMessage) MessageID() uint16 { return uint16(m) }
 func (m idMessage) Payload() []byte   { return nil }
 func (m idMessage) Ack()              { panic("paho's Ack called; the PUBACK must go straight to the connection") }
+
+// countingMessage records paho's Ack, for messages that are not a
+// directAck (those of a retiring session are wrapped).
+type countingMessage struct {
+	idMessage
+	acks *int
+}
+
+func (m countingMessage) Ack() { *m.acks++ }
+
+// TestAckAllGroupsByConnection: a batch from two connections puts on each
+// exactly its own PUBACKs, in batch order, once each, and leaves other
+// messages to their own Ack.
+func TestAckAllGroupsByConnection(t *testing.T) {
+	c1, got1 := pipe()
+	c2, got2 := pipe()
+	var other int
+	dup := &directAck{Message: idMessage(3), conn: c1}
+	batch := []paho.Message{
+		&directAck{Message: idMessage(1), conn: c1},
+		&directAck{Message: idMessage(2), conn: c2},
+		dup,
+		countingMessage{idMessage(9), &other},
+		&directAck{Message: idMessage(4), conn: c2},
+		dup, // the same message twice: one PUBACK
+		&directAck{Message: idMessage(0x0105), conn: c1},
+	}
+	buf := ackAll(batch, nil)
+	if cap(buf) == 0 {
+		t.Error("no scratch buffer returned for reuse")
+	}
+	for i, m := range batch {
+		if m != nil {
+			t.Errorf("batch[%d] still holds a message", i)
+		}
+	}
+	ackAll([]paho.Message{dup}, buf) // acknowledged already
+	c1.Close()
+	c2.Close()
+	if got, want := got1(), []byte{0x40, 2, 0, 1, 0x40, 2, 0, 3, 0x40, 2, 1, 5}; !bytes.Equal(got, want) {
+		t.Errorf("connection 1 got % x, want % x", got, want)
+	}
+	if got, want := got2(), []byte{0x40, 2, 0, 2, 0x40, 2, 0, 4}; !bytes.Equal(got, want) {
+		t.Errorf("connection 2 got % x, want % x", got, want)
+	}
+	if other != 1 {
+		t.Errorf("the wrapped message was acknowledged %d times, want 1", other)
+	}
+}

@@ -455,6 +455,7 @@ type handler struct {
 	spans   []span
 	batches []collector.Batch
 	acks    []paho.Message
+	ackBuf  []byte
 }
 
 // span is where one message's samples lie in handler.samples.
@@ -468,6 +469,10 @@ type span struct {
 // forever). Messages whose samples could not be queued are not acked.
 func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 	h.samples, h.spans, h.acks = h.samples[:0], h.spans[:0], h.acks[:0]
+	// One receive time for what arrived together (within the worker's
+	// linger of a millisecond): a clock read per message was 1 % of the
+	// agent's CPU at QoS 0.
+	received := time.Now()
 	for _, m := range msgs {
 		topic, payload := m.Topic(), m.Payload()
 		if len(payload) > r.s.cfg.MaxPayloadBytes {
@@ -484,7 +489,7 @@ func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 			continue
 		}
 		start := len(h.samples)
-		samples, err := dec.Decode(payload, sub.JSON, time.Now(), h.samples)
+		samples, err := dec.Decode(payload, sub.JSON, received, h.samples)
 		if err != nil && !r.refused(m, topic, err) {
 			continue
 		}
@@ -512,10 +517,7 @@ func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 			return
 		}
 	}
-	for _, m := range h.acks {
-		m.Ack()
-	}
-	clear(h.acks)
+	h.ackBuf = ackAll(h.acks, h.ackBuf)
 }
 
 // refused reports a decode error of the message on topic and whether the
