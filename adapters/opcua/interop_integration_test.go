@@ -3,14 +3,12 @@
 package opcua
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,9 +21,6 @@ import (
 	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
-
-// EnvNode is set by deploy/scripts/testenv.sh to the node binary.
-const EnvNode = "SHOPFLOOR_NODE"
 
 // nodeServer starts testdata/nodeserver/server.js (node-opcua) and
 // returns its endpoint. secure switches to Basic256Sha256
@@ -42,74 +37,7 @@ func nodeServer(t *testing.T, secure bool, user, password string) string {
 // arguments (see its header) and returns its endpoint.
 func startNodeServer(t testing.TB, extra ...string) string {
 	t.Helper()
-	node := os.Getenv(EnvNode)
-	if node == "" {
-		t.Fatalf("%s is not set: run integration tests through deploy/scripts/testenv.sh, which installs node and node-opcua", EnvNode)
-	}
-	dir, _ := filepath.Abs("testdata/nodeserver")
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "node-opcua")); err != nil {
-		t.Fatalf("node-opcua is not installed in %s (%v): run deploy/scripts/testenv.sh, which runs npm ci there", dir, err)
-	}
-	// The port is free when freePort returns but another test process
-	// may take it before node binds it; then try again on another.
-	for attempt := 1; ; attempt++ {
-		port := collectortest.FreePort(t)
-		args := append([]string{filepath.Join(dir, "server.js"), "--port", fmt.Sprint(port), "--pki", t.TempDir()}, extra...)
-		stderr, err := runNodeServer(t, node, dir, args)
-		if err == nil {
-			return fmt.Sprintf("opc.tcp://127.0.0.1:%d", port)
-		}
-		if attempt < 5 && strings.Contains(stderr, "EADDRINUSE") {
-			continue
-		}
-		t.Fatalf("node-opcua server: %v\n%s", err, stderr)
-	}
-}
-
-// runNodeServer starts node with args and waits for its READY line. On
-// failure the process is gone and its stderr is returned whole: the
-// buffer is read only after Wait, when nothing writes to it any more.
-func runNodeServer(t testing.TB, node, dir string, args []string) (string, error) {
-	t.Helper()
-	cmd := exec.Command(node, args...)
-	cmd.Dir = dir
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start node-opcua server: %v", err)
-	}
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "READY ") {
-				ready <- nil
-				break
-			}
-		}
-		ready <- errors.New("server exited before READY")
-		for sc.Scan() {
-		}
-	}()
-	select {
-	case err = <-ready:
-	case <-time.After(60 * time.Second):
-		err = errors.New("not ready within 60s")
-	}
-	if err != nil {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return stderr.String(), err
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	return "", nil
+	return collectortest.NodeOPCUA(t, "testdata/nodeserver", extra...)
 }
 
 // examplePlusTypes is deploy/examples/opcua.yaml pointed at endpoint,
@@ -179,18 +107,6 @@ func fieldTypes(url, db string) (map[string]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// lastValue reads the newest value of field for machine.
-func lastValue(url, db, machine, field string) (string, error) {
-	res, err := collectortest.QueryErr(url, db, fmt.Sprintf(`SELECT LAST(%q) FROM machine WHERE machine = '%s'`, field, machine))
-	if err != nil {
-		return "", err
-	}
-	if len(res) == 0 || len(res[0].Values) == 0 {
-		return "", fmt.Errorf("no %s for %s", field, machine)
-	}
-	return fmt.Sprint(res[0].Values[0][1]), nil
 }
 
 // wantFields is every data type of the issue, as it must arrive.
@@ -276,25 +192,32 @@ func checkInflux(t *testing.T, url, db string) {
 		}
 		return nil
 	})
-	for _, w := range wantValues {
-		got, err := lastValue(url, db, w.machine, w.field)
+	// The values are polled too: once, under load, the fields were
+	// listed while every LAST below still came back empty.
+	collectortest.Eventually(t, 30*time.Second, func() error {
+		var bad []string
+		for _, w := range wantValues {
+			got, err := collectortest.LastValue(url, db, w.machine, w.field)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("%s %s: %v", w.machine, w.field, err))
+			} else if !strings.EqualFold(got, w.want) {
+				bad = append(bad, fmt.Sprintf("%s %s = %s, want %s", w.machine, w.field, got, w.want))
+			}
+		}
+		// Temperature is an AnalogItem whose EngineeringUnits say °F;
+		// the mapping rule names no unit, so the source's unit is
+		// converted.
+		got, err := collectortest.LastValue(url, db, "cnc-01", "temperature_c")
 		if err != nil {
-			t.Errorf("%s %s: %v", w.machine, w.field, err)
-			continue
+			bad = append(bad, fmt.Sprintf("cnc-01 temperature_c: %v", err))
+		} else if c, err := strconv.ParseFloat(got, 64); err != nil || math.Abs(c-100) > 1e-9 {
+			bad = append(bad, fmt.Sprintf("cnc-01 temperature_c = %s, want 100 (212 °F converted)", got))
 		}
-		if !strings.EqualFold(got, w.want) {
-			t.Errorf("%s %s = %s, want %s", w.machine, w.field, got, w.want)
+		if len(bad) > 0 {
+			return errors.New(strings.Join(bad, "; "))
 		}
-	}
-	// Temperature is an AnalogItem whose EngineeringUnits say °F; the
-	// mapping rule names no unit, so the source's unit is converted.
-	got, err := lastValue(url, db, "cnc-01", "temperature_c")
-	if err != nil {
-		t.Fatalf("temperature_c: %v", err)
-	}
-	if c, err := strconv.ParseFloat(got, 64); err != nil || math.Abs(c-100) > 1e-9 {
-		t.Errorf("cnc-01 temperature_c = %s, want 100 (212 °F converted)", got)
-	}
+		return nil
+	})
 }
 
 func TestInteropNodeOPCUASecurityNone(t *testing.T) {

@@ -391,6 +391,19 @@ func CreateDatabase(t testing.TB, influxURL, db string) {
 	}
 }
 
+// LastValue reads the newest value of field for machine from the
+// measurement machine, formatted as text; an error until there is one.
+func LastValue(influxURL, db, machine, field string) (string, error) {
+	res, err := QueryErr(influxURL, db, fmt.Sprintf(`SELECT LAST(%q) FROM machine WHERE machine = '%s'`, field, machine))
+	if err != nil {
+		return "", err
+	}
+	if len(res) == 0 || len(res[0].Values) == 0 {
+		return "", fmt.Errorf("no %s for %s", field, machine)
+	}
+	return fmt.Sprint(res[0].Values[0][1]), nil
+}
+
 // Eventually polls cond every 50 ms until it returns nil or timeout passes,
 // then fails the test with cond's last error.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
