@@ -9,10 +9,12 @@
 //
 // It serves Objects/Machines/<machine>/<variable> like `shopfloor
 // simulate`, plus Objects/Machines/types-01 with one variable per
-// built-in type. SpindleSpeed changes every 100 ms; Temperature is an
-// AnalogItem in degrees Fahrenheit. --secure is --policy Basic256Sha256:
-// an endpoint for each policy named, with SignAndEncrypt (or each of
-// --modes) and user/password or certificate login only.
+// built-in type, and Objects/Restricted/WriteOnly (node id
+// s=Restricted.WriteOnly in the server's namespace), whose access level
+// does not allow reading. SpindleSpeed changes every 100 ms; Temperature
+// is an AnalogItem in degrees Fahrenheit. --secure is --policy
+// Basic256Sha256: an endpoint for each policy named, with SignAndEncrypt
+// (or each of --modes) and user/password or certificate login only.
 //
 // --certlogin makes certificate (X509 user token) login check the user
 // certificate against this server's own user trust list, <pki>/user,
@@ -182,6 +184,16 @@ async function main() {
   });
   variable(types, "Broken", "Double", { dataType: DataType.Double, value: 0 }, StatusCodes.BadDeviceFailure);
   variable(types, "Doubtful", "Double", { dataType: DataType.Double, value: 3.5 }, StatusCodes.UncertainLastUsableValue);
+
+  // A variable that may be written but not read, outside Machines so
+  // that no Objects/Machines pattern picks it up: a Read of its value
+  // and a monitored item on it get BadNotReadable.
+  const restricted = ns.addFolder(as.rootFolder.objects, { browseName: "Restricted" });
+  ns.addVariable({
+    componentOf: restricted, browseName: "WriteOnly", nodeId: "s=Restricted.WriteOnly", dataType: "Double",
+    accessLevel: "CurrentWrite", userAccessLevel: "CurrentWrite",
+    value: new Variant({ dataType: DataType.Double, value: 7 }),
+  });
 
   let counter = null;
   if (history) {
