@@ -437,3 +437,46 @@ func TestPipelineWritesInFlightAndAcksInOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestPipelineWritesTheTailOfABurst: with a flush interval of an hour, a
+// stream that filled batches has its partial tail written as soon as it
+// pauses, while a first trickle that never filled one still waits (and
+// goes out with the drain at shutdown).
+func TestPipelineWritesTheTailOfABurst(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		messages int // two samples each; batches of 100 samples
+		running  int // samples written before shutdown
+	}{
+		{"burst", 130, 260},
+		{"trickle", 30, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := &scriptedSource{n: tc.messages}
+			sink := &collectortest.Sink{}
+			p, _ := newPipeline(t, src, sink, collector.PipelineConfig{BatchSize: 100, FlushInterval: time.Hour})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- p.Run(ctx) }()
+			collectortest.Eventually(t, 10*time.Second, func() error {
+				if n := len(sink.Samples()); src.emitted.Load() < int32(tc.messages) || n < tc.running {
+					return fmt.Errorf("%d messages emitted, %d samples written", src.emitted.Load(), n)
+				}
+				return nil
+			})
+			// Ten times the pause that ends a burst: a tail the writer
+			// meant to send is out by now; nothing else may be.
+			time.Sleep(200 * time.Millisecond)
+			if n := len(sink.Samples()); n != tc.running {
+				t.Errorf("%d samples written while running, want %d", n, tc.running)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if n := len(sink.Samples()); n != 2*tc.messages {
+				t.Errorf("%d samples after shutdown, want %d", n, 2*tc.messages)
+			}
+		})
+	}
+}

@@ -15,7 +15,8 @@ import (
 
 // write is the single consumer of the queue: it reads records into
 // batches of up to BatchSize samples, waits at most FlushInterval for a
-// batch to fill, writes it to the sink and acknowledges the records once
+// batch to fill (after a full batch only until the stream pauses for
+// burstGap), writes it to the sink and acknowledges the records once
 // the sink confirmed them. Up to MaxInFlight batches are written at once,
 // so the database works on one while the next is read and encoded; they
 // are acknowledged in queue order. After draining is closed it writes
@@ -29,6 +30,7 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 		bo       = p.newBackoff()
 		flights  inFlight
 		b        = flights.batch(p.cfg.BatchSize)
+		lastFull bool // the batch written last was full
 	)
 	// What is in flight when the writer stops is waited for, and what the
 	// sink confirmed is acknowledged.
@@ -107,7 +109,14 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 				}
 				continue
 			}
-			wait := time.Until(b.pending[0].Appended.Add(p.cfg.FlushInterval))
+			deadline := b.pending[0].Appended.Add(p.cfg.FlushInterval)
+			if lastFull {
+				// The previous batch was full, so data was streaming in;
+				// once the stream pauses, its tail goes out at once
+				// instead of waiting out the flush interval.
+				deadline = minTime(deadline, b.pending[len(b.pending)-1].Appended.Add(burstGap))
+			}
+			wait := time.Until(deadline)
 			if wait <= 0 || isDraining() {
 				break
 			}
@@ -135,6 +144,7 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 				return
 			}
 		}
+		lastFull = len(b.samples) >= p.cfg.BatchSize
 		flights.launch(b, func(b *batch) bool { return p.send(ctx, b.samples, b.weights) })
 		for len(flights.sending) >= p.cfg.MaxInFlight {
 			if !p.land(&flights) {
@@ -144,6 +154,18 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 		b = flights.batch(p.cfg.BatchSize)
 		bo.Reset()
 	}
+}
+
+// burstGap is how long the writer waits for more after a full batch
+// before it writes a partial one: longer than the pauses inside a stream
+// (a garbage collection, a busy core), short beside FlushInterval.
+const burstGap = 20 * time.Millisecond
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // land waits for the oldest batch in flight and acknowledges its records.
