@@ -60,27 +60,25 @@ type agentProc struct {
 func startAgent(t *testing.T, config string, broker, influx *collectortest.Service, db string) *agentProc {
 	t.Helper()
 	dir := t.TempDir()
-	a := &agentProc{
-		t:      t,
-		config: config,
-		http:   fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t)),
-		logs:   filepath.Join(dir, "agent.log"),
-		data:   filepath.Join(dir, "data"),
-	}
-	a.env = append(os.Environ(),
-		"MQTT_URL="+broker.URL(),
-		"INFLUX_URL="+influx.URL(),
-		"INFLUX_BUCKET="+db,
-		"INFLUX_TOKEN=",
-		"SHOPFLOOR_HTTP="+a.http,
-		"SHOPFLOOR_DATA_DIR="+a.data,
-	)
+	return launchAgent(t, config, filepath.Join(dir, "data"), filepath.Join(dir, "agent.log"),
+		"MQTT_URL="+broker.URL(), "INFLUX_URL="+influx.URL(), "INFLUX_BUCKET="+db, "INFLUX_TOKEN=")
+}
+
+// launchAgent starts the agent on config with data as its data directory,
+// its output in logs, a free HTTP port and env added to this process's
+// environment. It is killed when the test ends, and its log shown if the
+// test failed.
+func launchAgent(t *testing.T, config, data, logs string, env ...string) *agentProc {
+	t.Helper()
+	a := &agentProc{t: t, config: config, data: data, logs: logs,
+		http: fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t))}
+	a.env = append(append(os.Environ(), env...), "SHOPFLOOR_HTTP="+a.http, "SHOPFLOOR_DATA_DIR="+a.data)
 	a.http = "http://" + a.http
 	t.Cleanup(func() {
 		a.kill()
 		if t.Failed() {
 			b, _ := os.ReadFile(a.logs)
-			t.Logf("agent log:\n%s", b)
+			t.Logf("agent log %s:\n%s", a.logs, b)
 		}
 	})
 	a.start()

@@ -37,20 +37,8 @@ const (
 func startOPCUAAgent(t *testing.T, config string, influx *collectortest.Service, db string) *agentProc {
 	t.Helper()
 	dir := t.TempDir()
-	a := &agentProc{t: t, config: config, data: filepath.Join(dir, "data"), logs: filepath.Join(dir, "agent.log"),
-		http: fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t))}
-	a.env = append(os.Environ(), "INFLUX_URL="+influx.URL(), "INFLUX_BUCKET="+db,
-		"SHOPFLOOR_HTTP="+a.http, "SHOPFLOOR_DATA_DIR="+a.data)
-	a.http = "http://" + a.http
-	t.Cleanup(func() {
-		a.kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(a.logs)
-			t.Logf("agent log:\n%s", b)
-		}
-	})
-	a.start()
-	return a
+	return launchAgent(t, config, filepath.Join(dir, "data"), filepath.Join(dir, "agent.log"),
+		"INFLUX_URL="+influx.URL(), "INFLUX_BUCKET="+db)
 }
 
 // TestOPCUABadNodesReported runs the agent against node-opcua with good

@@ -592,19 +592,6 @@ func (h *hubProc) stop() {
 // which already holds the firm secret.
 func startFirmAgent(t *testing.T, config, data string, plant, influx *collectortest.Service, db string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, config: config, data: data,
-		http: fmt.Sprintf("127.0.0.1:%d", collectortest.FreePort(t)),
-		logs: filepath.Join(filepath.Dir(data), "agent.log")}
-	a.env = append(os.Environ(), "MQTT_URL="+plant.URL(), "INFLUX_URL="+influx.URL(), "INFLUX_BUCKET="+db,
-		"SHOPFLOOR_HTTP="+a.http, "SHOPFLOOR_DATA_DIR="+a.data)
-	a.http = "http://" + a.http
-	t.Cleanup(func() {
-		a.kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(a.logs)
-			t.Logf("agent %s log:\n%s", db, b)
-		}
-	})
-	a.start()
-	return a
+	return launchAgent(t, config, data, filepath.Join(filepath.Dir(data), "agent.log"),
+		"MQTT_URL="+plant.URL(), "INFLUX_URL="+influx.URL(), "INFLUX_BUCKET="+db)
 }

@@ -5,7 +5,6 @@ package share
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -103,33 +102,11 @@ func TestShareQueueSurvivesRestart(t *testing.T) {
 	defer cancel()
 	done = make(chan error, 1)
 	go func() { done <- s2.Run(ctx) }()
-	var m paho.Message
-	select {
-	case m = <-got:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the contribution queued before the restart was not delivered after it")
+	c := awaitContribution(t, got, Topic(DefaultTopicPrefix, s2.Pseudonym(), "cnc-lathe"), "after the restart")
+	if c.KPIs[KPIOEE] != 0.5731 || c.KPIs[KPIMTTR] != 421.5 || c.Machines != 1 || !c.Start.Equal(start) || c.Contributor != s2.Pseudonym() {
+		t.Errorf("contribution %+v", c)
 	}
-	if want := Topic(DefaultTopicPrefix, s2.Pseudonym(), "cnc-lathe"); m.Topic() != want {
-		t.Errorf("topic %s, want %s", m.Topic(), want)
-	}
-	var c Contribution
-	if err := json.Unmarshal(m.Payload(), &c); err != nil || c.KPIs[KPIOEE] != 0.5731 || c.KPIs[KPIMTTR] != 421.5 ||
-		c.Machines != 1 || !c.Start.Equal(start) || c.Contributor != s2.Pseudonym() {
-		t.Errorf("payload %s (%v)", m.Payload(), err)
-	}
-	collectortest.Eventually(t, 10*time.Second, func() error {
-		if st := s2.Stats(); st.Queued != 0 || st.Sent != 1 {
-			return fmt.Errorf("stats %+v after delivery", st)
-		}
-		return nil
-	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if err := s2.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stopAfterDelivery(t, s2, cancel, done)
 	// Sent once, so logged once: the restart did not queue it again.
 	logged, err := os.ReadFile(filepath.Join(Dir(dataDir), LogFile))
 	if err != nil {

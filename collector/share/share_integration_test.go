@@ -127,19 +127,37 @@ func TestShareStoreAndForwardTLS(t *testing.T) {
 	}
 
 	forwardOn(t, gate, fmt.Sprintf("127.0.0.1:%d", tlsPort))
+	c := awaitContribution(t, got, Topic(DefaultTopicPrefix, pseudonym, "cnc-5axis"), "after the broker became reachable")
+	if c.KPIs[KPIOEE] != 0.61 || c.Machines != 1 || !c.Start.Equal(start) {
+		t.Errorf("contribution %+v", c)
+	}
+	stopAfterDelivery(t, s, cancel, done)
+}
+
+// awaitContribution waits for the queued contribution to arrive at the
+// broker on topic, and decodes it.
+func awaitContribution(t *testing.T, got <-chan paho.Message, topic, when string) Contribution {
+	t.Helper()
 	var m paho.Message
 	select {
 	case m = <-got:
 	case <-time.After(30 * time.Second):
-		t.Fatal("the queued contribution was not delivered after the broker became reachable")
+		t.Fatalf("the queued contribution was not delivered %s", when)
 	}
-	if m.Topic() != Topic(DefaultTopicPrefix, pseudonym, "cnc-5axis") {
-		t.Errorf("topic %s", m.Topic())
+	if m.Topic() != topic {
+		t.Errorf("topic %s, want %s", m.Topic(), topic)
 	}
 	var c Contribution
-	if err := json.Unmarshal(m.Payload(), &c); err != nil || c.KPIs[KPIOEE] != 0.61 || c.Machines != 1 || !c.Start.Equal(start) {
-		t.Errorf("payload %s (%v)", m.Payload(), err)
+	if err := json.Unmarshal(m.Payload(), &c); err != nil {
+		t.Fatalf("payload %s: %v", m.Payload(), err)
 	}
+	return c
+}
+
+// stopAfterDelivery waits until s has sent its one contribution and holds
+// none, then stops and closes it.
+func stopAfterDelivery(t *testing.T, s *Sharer, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	collectortest.Eventually(t, 10*time.Second, func() error {
 		if st := s.Stats(); st.Queued != 0 || st.Sent != 1 {
 			return fmt.Errorf("stats %+v after delivery", st)
