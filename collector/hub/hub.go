@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -266,22 +267,14 @@ func (g *group) keep(c share.Contribution, stamp int64) (changed bool, err error
 func (h *Hub) Accepted() map[string]int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make(map[string]int64, len(h.accepted))
-	for k, v := range h.accepted {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(h.accepted)
 }
 
 // Refused reports how many messages were refused, per reason.
 func (h *Hub) Refused() map[string]int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make(map[string]int64, len(h.refused))
-	for k, v := range h.refused {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(h.refused)
 }
 
 // Pending reports how many contributions wait in open periods.
@@ -559,7 +552,7 @@ func (h *Hub) closeDue(ctx context.Context) {
 			continue
 		}
 		cp := *g
-		cp.Contributions = maps(g.Contributions)
+		cp.Contributions = maps.Clone(g.Contributions)
 		todo = append(todo, due{key, cp, g.changes})
 	}
 	if h.unsaved {
@@ -626,14 +619,6 @@ func (h *Hub) noise(key string, contribs map[string]share.Contribution) *rand.Ra
 	var seed [32]byte
 	copy(seed[:], mac.Sum(nil))
 	return rand.New(rand.NewChaCha8(seed))
-}
-
-func maps(m map[string]share.Contribution) map[string]share.Contribution {
-	out := make(map[string]share.Contribution, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // Aggregate computes the benchmark points of one group: per KPI that at

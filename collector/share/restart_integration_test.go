@@ -14,7 +14,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/noordoostpolder/shopfloor/collector"
 	"github.com/noordoostpolder/shopfloor/collector/collectortest"
 )
 
@@ -47,13 +46,7 @@ func TestShareQueueSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
-	a := collector.Asset{Site: "plant", Machine: "cnc-1"}
-	row := func(window string, at time.Time, signal string, v float64) collector.Sample {
-		return collector.Sample{Asset: a, Signal: signal, Value: collector.Float(v), SourceTime: at, Window: window}
-	}
-	s1.Observe([]collector.Sample{row("1h", start, "planned_s", 3600), row("1h", start, "oee", 0.5731),
-		row("1h", start, "mttr_s", 421.5), row("1m", start.Add(59*time.Minute), "run_s", 60)})
+	start := observeLastHour(s1, "cnc-1", map[string]float64{"oee": 0.5731, "mttr_s": 421.5})
 	collectortest.Eventually(t, 10*time.Second, func() error {
 		if err := s1.check(); err != nil {
 			return err

@@ -94,13 +94,7 @@ func TestShareStoreAndForwardTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
-	a := collector.Asset{Site: "plant", Machine: "cnc-1"}
-	row := func(window string, at time.Time, signal string, v float64) collector.Sample {
-		return collector.Sample{Asset: a, Signal: signal, Value: collector.Float(v), SourceTime: at, Window: window}
-	}
-	s.Observe([]collector.Sample{row("1h", start, "planned_s", 3600), row("1h", start, "oee", 0.61),
-		row("1h", start, "availability", 0.8), row("1m", start.Add(59*time.Minute), "run_s", 60)})
+	start := observeLastHour(s, "cnc-1", map[string]float64{"oee": 0.61, "availability": 0.8})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -132,6 +126,23 @@ func TestShareStoreAndForwardTLS(t *testing.T) {
 		t.Errorf("contribution %+v", c)
 	}
 	stopAfterDelivery(t, s, cancel, done)
+}
+
+// observeLastHour gives s the KPI engine's rows of the last whole hour
+// of machine (planned all of it, with kpis) and its last minute, so the
+// hour is closed and due to be shared; it returns the hour's start.
+func observeLastHour(s *Sharer, machine string, kpis map[string]float64) time.Time {
+	start := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	a := collector.Asset{Site: "plant", Machine: machine}
+	row := func(window string, at time.Time, signal string, v float64) collector.Sample {
+		return collector.Sample{Asset: a, Signal: signal, Value: collector.Float(v), SourceTime: at, Window: window}
+	}
+	rows := []collector.Sample{row("1h", start, "planned_s", 3600), row("1m", start.Add(59*time.Minute), "run_s", 60)}
+	for k, v := range kpis {
+		rows = append(rows, row("1h", start, k, v))
+	}
+	s.Observe(rows)
+	return start
 }
 
 // awaitContribution waits for the queued contribution to arrive at the
