@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -13,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -465,5 +467,56 @@ func TestConcurrentWritesKeepTheirOwnBodies(t *testing.T) {
 			t.Errorf("batch %s sent twice", value)
 		}
 		seen[value] = true
+	}
+}
+
+// TestWriteBodyOutlivesAnEarlyAnswer: a server that answers before it has
+// read the request may leave Go's transport still sending the body after
+// Write returned. The next writes must neither disturb that body (the race
+// detector watches) nor send anything but their own lines; after normal
+// answers the encoding buffers are reused rather than reallocated.
+func TestWriteBodyOutlivesAnEarlyAnswer(t *testing.T) {
+	for _, gz := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gzip %v", gz), func(t *testing.T) {
+			var calls atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if calls.Add(1) == 1 {
+					// Answer at once, body unread, and drop the connection.
+					w.Header().Set("Connection", "close")
+					http.Error(w, "busy", http.StatusServiceUnavailable)
+					return
+				}
+				var body io.Reader = r.Body
+				if r.Header.Get("Content-Encoding") == "gzip" {
+					zr, err := gzip.NewReader(r.Body)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					body = zr
+				}
+				data, _ := io.ReadAll(body)
+				if !strings.HasPrefix(string(data), "machine,") || strings.Count(string(data), "\n") != 2000 {
+					t.Errorf("request %d: %d lines, starting %.40q", calls.Load(), strings.Count(string(data), "\n"), data)
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			defer srv.Close()
+			s := newSink(t, Config{URL: srv.URL, Bucket: "b", Gzip: &gz})
+			if err := s.Write(context.Background(), someSamples(2000)); err == nil {
+				t.Fatal("the first write was answered 503 and did not fail")
+			}
+			for range 5 {
+				if err := s.Write(context.Background(), someSamples(2000)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.mu.Lock()
+			kept := len(s.idle) == 1 && cap(s.idle[0].buf) > 0
+			s.mu.Unlock()
+			if !kept {
+				t.Error("after answered writes the encoding holds no buffer to reuse")
+			}
+		})
 	}
 }
