@@ -25,15 +25,7 @@ import (
 func TestShareQueueSurvivesRestart(t *testing.T) {
 	mq := collectortest.Mosquitto(t)
 	o := paho.NewClientOptions().AddBroker(mq.URL()).SetClientID("test-hub").SetAutoReconnect(false)
-	got := make(chan paho.Message, 4)
-	sub := paho.NewClient(o)
-	if err := Wait(context.Background(), sub.Connect(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Disconnect(100)
-	if err := Wait(context.Background(), sub.Subscribe("shopfloor/v1/contrib/#", 1, func(_ paho.Client, m paho.Message) { got <- m }), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	got := subscribeContributions(t, o)
 
 	dataDir := t.TempDir()
 	gate := collectortest.FreePort(t) // nothing listens here until forwardOn
@@ -65,13 +57,7 @@ func TestShareQueueSurvivesRestart(t *testing.T) {
 		}
 		return nil
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if err := s1.Close(); err != nil {
-		t.Fatal(err)
-	}
+	stopSharer(t, s1, cancel, done)
 	select {
 	case m := <-got:
 		t.Fatalf("delivered %s before the broker was reachable", m.Topic())

@@ -75,15 +75,7 @@ func TestShareStoreAndForwardTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan paho.Message, 4)
-	sub := paho.NewClient(o)
-	if err := Wait(context.Background(), sub.Connect(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Disconnect(100)
-	if err := Wait(context.Background(), sub.Subscribe("shopfloor/v1/contrib/#", 1, func(_ paho.Client, m paho.Message) { got <- m }), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	got := subscribeContributions(t, o)
 
 	// The agent reaches the broker through a port nothing listens on yet.
 	gate := collectortest.FreePort(t)
@@ -175,6 +167,28 @@ func stopAfterDelivery(t *testing.T, s *Sharer, cancel context.CancelFunc, done 
 		}
 		return nil
 	})
+	stopSharer(t, s, cancel, done)
+}
+
+// subscribeContributions connects as the hub would and delivers every
+// contribution the broker gets.
+func subscribeContributions(t *testing.T, o *paho.ClientOptions) <-chan paho.Message {
+	t.Helper()
+	got := make(chan paho.Message, 4)
+	sub := paho.NewClient(o)
+	if err := Wait(context.Background(), sub.Connect(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Disconnect(100) })
+	if err := Wait(context.Background(), sub.Subscribe("shopfloor/v1/contrib/#", 1, func(_ paho.Client, m paho.Message) { got <- m }), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// stopSharer ends the Run that reports to done and closes s.
+func stopSharer(t *testing.T, s *Sharer, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

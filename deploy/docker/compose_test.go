@@ -132,16 +132,7 @@ func TestComposeFitsTogether(t *testing.T) {
 				t.Errorf("%s depends on %s, which is not a service", name, d)
 			}
 		}
-		for _, v := range s.Volumes {
-			src, _, _ := strings.Cut(v, ":")
-			if strings.HasPrefix(src, ".") {
-				if _, err := os.Stat(filepath.Join("..", src)); err != nil {
-					t.Errorf("%s mounts %s: %v", name, src, err)
-				}
-			} else if _, ok := p.Volumes[src]; !ok {
-				t.Errorf("%s mounts volume %s, which is not declared", name, src)
-			}
-		}
+		checkMounts(t, p, name)
 		for _, port := range s.Ports {
 			if !strings.HasPrefix(port, "127.0.0.1:") {
 				t.Errorf("%s publishes %s beyond loopback; the README says every port binds to 127.0.0.1", name, port)
@@ -244,6 +235,22 @@ func TestComposeFitsTogether(t *testing.T) {
 		infl["DOCKER_INFLUXDB_INIT_ORG"] != agent.Environment["INFLUX_ORG"] ||
 		infl["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"] != agent.Environment["INFLUX_TOKEN"] {
 		t.Errorf("influxdb setup (%v) does not match the agent's INFLUX_* settings", infl)
+	}
+}
+
+// checkMounts checks that what service name mounts exists: a file or
+// folder of the checkout, or a declared volume.
+func checkMounts(t *testing.T, p composeProject, name string) {
+	t.Helper()
+	for _, v := range p.Services[name].Volumes {
+		src, _, _ := strings.Cut(v, ":")
+		if strings.HasPrefix(src, ".") {
+			if _, err := os.Stat(filepath.Join("..", src)); err != nil {
+				t.Errorf("%s mounts %s: %v", name, src, err)
+			}
+		} else if _, ok := p.Volumes[src]; !ok {
+			t.Errorf("%s mounts volume %s, which is not declared", name, src)
+		}
 	}
 }
 

@@ -59,16 +59,7 @@ func TestDemoGrafanaFitsTheDemo(t *testing.T) {
 		if len(s.Ports) > 0 {
 			t.Errorf("%s publishes ports %v; with the host network it listens itself", name, s.Ports)
 		}
-		for _, v := range s.Volumes {
-			src, _, _ := strings.Cut(v, ":")
-			if strings.HasPrefix(src, ".") {
-				if _, err := os.Stat(filepath.Join("..", src)); err != nil {
-					t.Errorf("%s mounts %s: %v", name, src, err)
-				}
-			} else if _, ok := p.Volumes[src]; !ok {
-				t.Errorf("%s mounts volume %s, which is not declared", name, src)
-			}
-		}
+		checkMounts(t, p, name)
 	}
 
 	graf := p.Services["grafana"]
