@@ -35,11 +35,7 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 	// What is in flight when the writer stops is waited for, and what the
 	// sink confirmed is acknowledged.
 	defer func() {
-		for len(flights.sending) > 0 {
-			if !p.land(&flights) {
-				break
-			}
-		}
+		p.landAll(&flights)
 		flights.wait()
 	}()
 	isDraining := func() bool {
@@ -64,10 +60,8 @@ func (p *Pipeline) write(ctx context.Context, draining <-chan struct{}) {
 				}
 				// Rewinding goes back to the acknowledged position, so
 				// what is in flight must land first.
-				for len(flights.sending) > 0 {
-					if !p.land(&flights) {
-						return
-					}
+				if !p.landAll(&flights) {
+					return
 				}
 				p.queue.Rewind()
 				b.reset()
@@ -182,6 +176,17 @@ func (p *Pipeline) land(f *inFlight) bool {
 	}
 	b.reset()
 	f.free = append(f.free, b)
+	return true
+}
+
+// landAll lands every batch in flight, oldest first, and reports false
+// at the first that was not confirmed.
+func (p *Pipeline) landAll(f *inFlight) bool {
+	for len(f.sending) > 0 {
+		if !p.land(f) {
+			return false
+		}
+	}
 	return true
 }
 
