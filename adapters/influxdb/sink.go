@@ -122,15 +122,12 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 		MaxIdleConnsPerHost: max(cfg.MaxInFlight, 1),
 		IdleConnTimeout:     90 * time.Second,
 	}
+	// The client is used for its HTTP service (authorization, user agent,
+	// error parsing); the sink builds and posts the write requests itself,
+	// so the client's write options (gzip, precision, batching, retries)
+	// do not apply.
 	opt := influxdb2.DefaultOptions().
 		SetHTTPClient(&http.Client{Timeout: cfg.Timeout, Transport: transport}).
-		SetUseGZip(cfg.UseGzip()).
-		SetPrecision(time.Nanosecond).
-		SetBatchSize(uint(cfg.BatchSize)).
-		// The blocking API without batching never retries; this makes sure
-		// a future change of that default cannot start hidden retries that
-		// fight the pipeline's backoff.
-		SetMaxRetries(0).
 		SetApplicationName("shopfloor")
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token.Reveal(), opt)
 	// The write endpoint as the client's own write API builds it; the
