@@ -1,13 +1,17 @@
 package mqtt
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // pipe is a bufferedConn on one end of a pipe; received returns what the
@@ -24,7 +28,7 @@ func pipe() (c *bufferedConn, received func() []byte) {
 // writes, as paho's PUBACKs are, and wants every byte, in order, before
 // the peer sees the close.
 func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
-	c, received := pipe()
+	c, peer := pipe()
 	var want bytes.Buffer
 	for i := 0; i < 5000; i++ {
 		p := []byte{0x40, 0x02, byte(i >> 8), byte(i)}
@@ -36,7 +40,7 @@ func TestBufferedConnKeepsOrderAndFlushesOnClose(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := received(); !bytes.Equal(got, want.Bytes()) {
+	if got := peer(); !bytes.Equal(got, want.Bytes()) {
 		t.Fatalf("peer got %d bytes, want %d in order", len(got), want.Len())
 	}
 	if _, err := c.Write([]byte{1}); err == nil {
@@ -62,21 +66,22 @@ func TestBufferedConnReportsWriteErrors(t *testing.T) {
 	c.Close()
 }
 
-// TestDirectAckWritesOnePuback: a directAck's Ack puts exactly the PUBACK
-// paho would send (type 4, length 2, the message id) on its connection,
+// TestReceivedAckWritesOnePuback: a received message's Ack puts exactly
+// the PUBACK paho would send (type 4, length 2, the message id) on its connection,
 // once however often it is called, and a QoS 1 message that is never
 // acknowledged puts nothing there.
-func TestDirectAckWritesOnePuback(t *testing.T) {
-	c, received := pipe()
-	acked := &directAck{Message: idMessage(0x1234), conn: c}
+func TestReceivedAckWritesOnePuback(t *testing.T) {
+	c, peer := pipe()
+	acked := &received{id: 0x1234, qos: 1, conn: c}
 	acked.Ack()
 	acked.Ack()
-	_ = &directAck{Message: idMessage(0x0777), conn: c} // delivered, not acknowledged
-	(&directAck{Message: idMessage(0x00ff), conn: c}).Ack()
+	_ = &received{id: 0x0777, qos: 1, conn: c} // delivered, not acknowledged
+	(&received{id: 0x00ff, qos: 1, conn: c}).Ack()
+	(&received{id: 0x0999, qos: 0, conn: c}).Ack() // QoS 0 has no PUBACK
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := received(), []byte{0x40, 2, 0x12, 0x34, 0x40, 2, 0x00, 0xff}; !bytes.Equal(got, want) {
+	if got, want := peer(), []byte{0x40, 2, 0x12, 0x34, 0x40, 2, 0x00, 0xff}; !bytes.Equal(got, want) {
 		t.Fatalf("connection got % x, want % x", got, want)
 	}
 }
@@ -93,7 +98,7 @@ func (m idMessage) Payload() []byte   { return nil }
 func (m idMessage) Ack()              { panic("paho's Ack called; the PUBACK must go straight to the connection") }
 
 // countingMessage records paho's Ack, for messages that are not a
-// directAck (those of a retiring session are wrapped).
+// *received (those of a retiring session are wrapped).
 type countingMessage struct {
 	idMessage
 	acks *int
@@ -108,15 +113,15 @@ func TestAckAllGroupsByConnection(t *testing.T) {
 	c1, got1 := pipe()
 	c2, got2 := pipe()
 	var other int
-	dup := &directAck{Message: idMessage(3), conn: c1}
+	dup := &received{id: 3, qos: 1, conn: c1}
 	batch := []paho.Message{
-		&directAck{Message: idMessage(1), conn: c1},
-		&directAck{Message: idMessage(2), conn: c2},
+		&received{id: 1, qos: 1, conn: c1},
+		&received{id: 2, qos: 1, conn: c2},
 		dup,
 		countingMessage{idMessage(9), &other},
-		&directAck{Message: idMessage(4), conn: c2},
+		&received{id: 4, qos: 1, conn: c2},
 		dup, // the same message twice: one PUBACK
-		&directAck{Message: idMessage(0x0105), conn: c1},
+		&received{id: 0x0105, qos: 1, conn: c1},
 	}
 	buf := ackAll(batch, nil)
 	if cap(buf) == 0 {
@@ -139,4 +144,232 @@ func TestAckAllGroupsByConnection(t *testing.T) {
 	if other != 1 {
 		t.Errorf("the wrapped message was acknowledged %d times, want 1", other)
 	}
+}
+
+// chunked hands out its stream a few bytes per Read, as a socket may.
+type chunked struct {
+	b []byte
+	n int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	c.n = c.n%7 + 1
+	n := copy(p[:min(len(p), c.n)], c.b)
+	c.b = c.b[n:]
+	return n, nil
+}
+
+// describe is one packet as text, the same for paho's packets and for the
+// messages a bufferedConn takes itself.
+func describe(cp packets.ControlPacket) string {
+	if p, ok := cp.(*packets.PublishPacket); ok {
+		return describeMessage(&received{topic: p.TopicName, payload: p.Payload, qos: p.Qos, id: p.MessageID, dup: p.Dup, retained: p.Retain})
+	}
+	return cp.String()
+}
+
+func describeMessage(m paho.Message) string {
+	return fmt.Sprintf("PUBLISH qos=%d dup=%t retain=%t id=%d topic=%q payload=%q",
+		m.Qos(), m.Duplicate(), m.Retained(), m.MessageID(), m.Topic(), m.Payload())
+}
+
+// readAll reads packets from r with paho's reader until an error, and
+// describes them in stream order.
+func readAll(r io.Reader) ([]string, error) {
+	var seq []string
+	for {
+		cp, err := packets.ReadPacket(r)
+		if err != nil {
+			return seq, err
+		}
+		seq = append(seq, describe(cp))
+	}
+}
+
+// readThrough reads stream as paho would through a bufferedConn that takes
+// the PUBLISH packets itself, and describes in stream order both what the
+// connection took and what paho read; taken counts the former. The
+// messages are described only at the end, so a message whose bytes a later
+// read overwrote would show.
+func readThrough(stream io.Reader) (seq []string, taken int, err error) {
+	type item struct {
+		m  *received
+		cp packets.ControlPacket
+	}
+	var items []item
+	c := &bufferedConn{r: bufio.NewReaderSize(stream, readBuffer)}
+	c.publish = func(m *received) { items = append(items, item{m: m}) }
+	for {
+		cp, rerr := packets.ReadPacket(c)
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		items = append(items, item{cp: cp})
+	}
+	for _, it := range items {
+		if it.m != nil {
+			seq = append(seq, describeMessage(it.m))
+			taken++
+		} else {
+			seq = append(seq, describe(it.cp))
+		}
+	}
+	return seq, taken, err
+}
+
+// encode writes packets with paho's encoder, the independent one.
+func encode(t testing.TB, cps ...packets.ControlPacket) []byte {
+	var b bytes.Buffer
+	for _, cp := range cps {
+		if err := cp.Write(&b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+func publish(qos byte, id uint16, topic string, payload []byte, dup, retain bool) *packets.PublishPacket {
+	p := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	p.Qos, p.MessageID, p.TopicName, p.Payload, p.Dup, p.Retain = qos, id, topic, payload, dup, retain
+	return p
+}
+
+// sampleStream is a broker's side of a session: acks, pings and messages
+// of every QoS, payloads from empty to big bytes.
+func sampleStream(t testing.TB, big int) (stream []byte, publishes int) {
+	connack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+	connack.SessionPresent = true
+	suback := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+	suback.MessageID, suback.ReturnCodes = 1, []byte{1, 0x80}
+	unsuback := packets.NewControlPacket(packets.Unsuback).(*packets.UnsubackPacket)
+	unsuback.MessageID = 2
+	mid := bytes.Repeat([]byte{0xff}, 200) // a 2-byte remaining length
+	stream = encode(t,
+		connack,
+		publish(0, 0, "factory/line-1/cnc-01/telemetry", []byte(`{"spindle_speed": 1200}`), false, false),
+		publish(1, 7, "factory/line-1/cnc-02/telemetry", mid, true, true),
+		suback,
+		publish(1, 65535, "f/ü", bytes.Repeat([]byte("0123456789"), big/10), false, false),
+		packets.NewControlPacket(packets.Pingresp),
+		publish(2, 9, "factory/qos2", []byte("paho's"), false, false),
+		publish(0, 0, "factory/empty", nil, false, false),
+		publish(0, 0, "", []byte("no topic"), false, false),
+		unsuback,
+		publish(1, 1, "factory/line-1/cnc-01/telemetry", []byte(`{"spindle_speed": 1201}`), false, false),
+	)
+	return stream, 6
+}
+
+// TestReadTakesPublishesAndPassesTheRest: through a bufferedConn that
+// takes the messages itself, paho and the connection together see exactly
+// the packets paho alone reads from the same stream, in the same order,
+// however the socket splits it; the connection takes every QoS 0 and 1
+// PUBLISH and nothing else.
+func TestReadTakesPublishesAndPassesTheRest(t *testing.T) {
+	// 20,000 bytes: a 3-byte remaining length, more than a slab's share.
+	stream, publishes := sampleStream(t, 20000)
+	want, err := readAll(bytes.NewReader(stream))
+	if err != io.EOF {
+		t.Fatalf("paho alone: %v after %d packets", err, len(want))
+	}
+	for name, r := range map[string]io.Reader{
+		"whole":   bytes.NewReader(stream),
+		"chunked": &chunked{b: stream},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, taken, err := readThrough(r)
+			if err != io.EOF {
+				t.Errorf("ended with %v, want EOF", err)
+			}
+			if taken != publishes {
+				t.Errorf("took %d messages, want %d", taken, publishes)
+			}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// TestReadRefusesMalformedPublishes: a PUBLISH that contradicts its own
+// length ends the connection with an error that says so; the messages
+// before it were delivered.
+func TestReadRefusesMalformedPublishes(t *testing.T) {
+	good := encode(t, publish(0, 0, "a", []byte("1"), false, false))
+	for _, tc := range []struct {
+		name   string
+		packet []byte
+		want   string
+	}{
+		{"topic longer than the packet", []byte{0x30, 4, 0, 9, 'a', 'b'}, "topic of 9 bytes in a packet of 4"},
+		{"no topic length", []byte{0x30, 1, 0}, "no topic length"},
+		{"QoS 1 without an identifier", []byte{0x32, 4, 0, 1, 'a', 0}, "no packet identifier"},
+		{"remaining length of 5 bytes", []byte{0x30, 0xff, 0xff, 0xff, 0xff, 0x01}, "remaining length longer than 4 bytes"},
+		{"cut off", []byte{0x30, 10, 0, 1, 'a'}, io.ErrUnexpectedEOF.Error()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, taken, err := readThrough(bytes.NewReader(append(append([]byte{}, good...), tc.packet...)))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+			if taken != 1 || len(got) != 1 {
+				t.Errorf("delivered %d of %d packets before the bad one, want the 1 good message", taken, len(got))
+			}
+		})
+	}
+}
+
+// FuzzReadMatchesPaho: for any bytes from a broker, a bufferedConn that
+// takes the messages itself delivers, with paho, what paho alone would
+// have read, up to where either stops; it may stop sooner only at a
+// remaining length that the MQTT specification calls malformed and paho
+// reads anyway.
+func FuzzReadMatchesPaho(f *testing.F) {
+	stream, _ := sampleStream(f, 20) // small: the fuzzer minimises what it finds
+	f.Add(stream)
+	f.Add([]byte{0x30, 4, 0, 9, 'a', 'b'})
+	f.Add([]byte{0x32, 0x80, 0x01, 0, 1, 'a', 0, 5})
+	f.Add([]byte{0x36, 5, 0, 1, 'a', 0, 1, 0x20, 2, 0, 0})
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		if declaresMoreThan(stream, 1<<20) {
+			return // both would allocate it before finding the stream short
+		}
+		want, _ := readAll(bytes.NewReader(stream))
+		got, _, err := readThrough(&chunked{b: stream})
+		if len(got) > len(want) {
+			t.Fatalf("delivered %d packets, paho reads %d", len(got), len(want))
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("packet %d: got %s, paho reads %s", i, got[i], want[i])
+			}
+		}
+		if len(got) < len(want) && !strings.Contains(fmt.Sprint(err), "remaining length longer than 4 bytes") {
+			t.Fatalf("stopped after %d of paho's %d packets: %v", len(got), len(want), err)
+		}
+	})
+}
+
+// declaresMoreThan reports whether a packet header in stream, read as
+// paho reads it, declares more than limit bytes.
+func declaresMoreThan(stream []byte, limit int) bool {
+	for len(stream) > 1 {
+		length, shift, i := 0, 0, 1
+		for ; i < len(stream) && i <= 4; i++ {
+			length |= int(stream[i]&0x7f) << shift
+			shift += 7
+			if stream[i]&0x80 == 0 {
+				break
+			}
+		}
+		if length > limit {
+			return true
+		}
+		stream = stream[min(len(stream), i+1+length):]
+	}
+	return false
 }

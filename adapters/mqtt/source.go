@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -224,9 +223,17 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 // had a session for id.
 func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho.Message) paho.Message, onLost func(error)) (paho.Client, bool, error) {
 	cfg := r.s.cfg
-	// The connection paho reads this client's messages from; their
-	// PUBACKs are written straight into it (see directAck).
-	var conn atomic.Pointer[bufferedConn]
+	// This connection's messages are read by bufferedConn itself, before
+	// paho, and their PUBACKs written straight into it (see
+	// takePublishes and received). Those of a persistent session may come
+	// before the SUBACK; they are taken like any other.
+	var client paho.Client
+	deliver := func(m paho.Message) {
+		if wrap != nil {
+			m = wrap(m)
+		}
+		enqueue(r.ctx, client, r.shards[shardOf(m.Topic(), len(r.shards))], m)
+	}
 	opts := paho.NewClientOptions().
 		AddBroker(cfg.URL).
 		SetClientID(id).
@@ -249,31 +256,21 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		SetCustomOpenConnectionFn(func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 			c, err := OpenConnection(uri, o)
 			if bc, ok := c.(*bufferedConn); ok {
-				conn.Store(bc)
+				bc.publish = func(m *received) { deliver(m) }
 			}
 			return c, err
 		}).
-		// Ordered delivery to the handler keeps each topic's order
-		// through to the shard; the handler only enqueues.
+		// What paho still delivers (QoS 2, which no subscription asks
+		// for but a broker may send) takes the same path, in order.
 		SetOrderMatters(true).
-		// A persistent session may deliver queued messages before the
-		// SUBACK; the default handler takes them like any other.
-		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
-			if bc := conn.Load(); bc != nil && m.Qos() == 1 {
-				m = &directAck{Message: m, conn: bc}
-			}
-			if wrap != nil {
-				m = wrap(m)
-			}
-			enqueue(r.ctx, c, r.shards[shardOf(m.Topic(), len(r.shards))], m)
-		})
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { deliver(m) })
 	if onLost != nil {
 		opts.SetConnectionLostHandler(func(_ paho.Client, err error) { onLost(err) })
 	}
 	if r.tls != nil {
 		opts.SetTLSConfig(r.tls)
 	}
-	client := paho.NewClient(opts)
+	client = paho.NewClient(opts)
 	r.s.log.Debug("connecting", "url", cfg.URL, "client_id", id, "clean_session", clean)
 	tok := client.Connect()
 	select {

@@ -308,3 +308,38 @@ func TestSourceConnectFailure(t *testing.T) {
 		t.Fatalf("Run without a broker = %v, want an error naming %s", err, cfg.URL)
 	}
 }
+
+// TestSourceKeepAliveUnderAStream: the source reads messages before paho
+// sees them, so paho's keep-alive sees only its own PINGRESPs. A stream
+// longer than the keep-alive plus paho's ping timeout (10 s) must keep
+// the connection: paho pings, and the broker's answers reach it (one
+// lost would end the connection after 10 s; no PINGREQ at all, at QoS 0
+// where the agent sends nothing else, and Mosquitto would end it after
+// 1.5 s).
+func TestSourceKeepAliveUnderAStream(t *testing.T) {
+	svc := collectortest.Mosquitto(t)
+	for _, q := range []int{0, 1} {
+		t.Run(fmt.Sprintf("QoS %d", q), func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig(svc.URL(), fmt.Sprintf("agent-keepalive-%d", q))
+			cfg.KeepAlive = time.Second
+			cfg.Subscriptions[0].QoS = qos(q)
+			out := &collectortest.Output{}
+			collectortest.Start(t, newSource(t, cfg), out)
+			collectortest.WaitConnected(t, out, 1)
+
+			pub := collectortest.Publisher(t, svc.URL())
+			topic := fmt.Sprintf("factory/l1/keepalive%d/telemetry", q)
+			const n = 260 // 13 s at one message per 50 ms
+			for i := range n {
+				collectortest.Publish(t, pub, seqMsgs(topic, i, 1)...)
+				time.Sleep(50 * time.Millisecond)
+			}
+			waitSeqs(t, out, n)
+			inOrder(t, seqs(out)[topic], topic, 0, n)
+			if states := out.ConnectedStates(); len(states) != 1 || !states[0] {
+				t.Errorf("connection states %v, want one connect and no loss", states)
+			}
+		})
+	}
+}

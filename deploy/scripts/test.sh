@@ -32,7 +32,8 @@ go test -tags integration -count=1 -run '^TestOPCUASecureChannelRenewal$' ./adap
 for target in FuzzDecodeJSON:./adapters/mqtt:100000x FuzzParse:./collector/config:30000x \
   FuzzOpen:./collector/queue:3000x FuzzRecordDecode:./collector:150000x \
   FuzzDecodePayload:./adapters/sparkplug:20000x FuzzParsePath:./adapters/opcua:50000x \
-  FuzzParseContribution:./collector/hub:100000x FuzzLinesMatchLibrary:./adapters/influxdb:100000x; do
+  FuzzParseContribution:./collector/hub:100000x FuzzLinesMatchLibrary:./adapters/influxdb:100000x \
+  FuzzReadMatchesPaho:./adapters/mqtt:100000x; do
   IFS=: read -r name pkg count <<<"$target"
   step "fuzz $name for $count inputs"
   go test -run '^$' -fuzz "^${name}\$" -fuzztime "$count" "$pkg"
