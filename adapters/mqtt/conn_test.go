@@ -373,3 +373,54 @@ func declaresMoreThan(stream []byte, limit int) bool {
 	}
 	return false
 }
+
+// sizedReads is a net.Conn whose reads return the next of its sizes.
+type sizedReads struct {
+	net.Conn
+	sizes []int
+}
+
+func (s *sizedReads) Read(p []byte) (int, error) {
+	if len(s.sizes) == 0 {
+		return 0, io.EOF
+	}
+	n := min(s.sizes[0], len(p))
+	s.sizes = s.sizes[1:]
+	return n, nil
+}
+
+// TestPacedConnWaitsAfterSmallReads: a read that found little makes the
+// next one wait paceFor; a full read, the first read and a read after an
+// empty one do not wait.
+func TestPacedConnWaitsAfterSmallReads(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sizes []int
+		waits int
+	}{
+		{"first read", []int{100}, 0},
+		{"after a small read", []int{100, 100, 100}, 2},
+		{"after full reads", []int{paceBelow, readBuffer, 100}, 0},
+		{"mixed", []int{readBuffer, 100, readBuffer, paceBelow - 1, 1}, 2},
+		{"after nothing", []int{0, 0, 5}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var waits []time.Duration
+			c := &pacedConn{Conn: &sizedReads{sizes: tc.sizes}, sleep: func(d time.Duration) { waits = append(waits, d) }}
+			buf := make([]byte, readBuffer)
+			for range tc.sizes {
+				if _, err := c.Read(buf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(waits) != tc.waits {
+				t.Errorf("waited %d times, want %d", len(waits), tc.waits)
+			}
+			for _, d := range waits {
+				if d != paceFor {
+					t.Errorf("waited %s, want %s", d, paceFor)
+				}
+			}
+		})
+	}
+}
