@@ -411,6 +411,21 @@ func (p *pacedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// OpenConnectionTaking is OpenConnection for a client that takes its
+// messages the short way: deliver gets every QoS 0 and 1 message the
+// connection reads, before paho sees it (see takePublishes), on paho's
+// reader goroutine and in the order they came. Their Ack writes the
+// PUBACK straight into the connection.
+func OpenConnectionTaking(deliver func(paho.Message)) paho.OpenConnectionFunc {
+	return func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+		c, err := OpenConnection(uri, o)
+		if bc, ok := c.(*bufferedConn); ok {
+			bc.publish = func(m *received) { deliver(m) }
+		}
+		return c, err
+	}
+}
+
 // dialTLS is tls.DialWithDialer with the pacing under TLS, where a read is
 // a read of the socket; above it, a read returns one TLS record.
 func dialTLS(dialer *net.Dialer, addr string, cfg *tls.Config) (net.Conn, error) {

@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -253,13 +251,7 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
-		SetCustomOpenConnectionFn(func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
-			c, err := OpenConnection(uri, o)
-			if bc, ok := c.(*bufferedConn); ok {
-				bc.publish = func(m *received) { deliver(m) }
-			}
-			return c, err
-		}).
+		SetCustomOpenConnectionFn(OpenConnectionTaking(deliver)).
 		// What paho still delivers (QoS 2, which no subscription asks
 		// for but a broker may send) takes the same path, in order.
 		SetOrderMatters(true).

@@ -149,6 +149,23 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		workers.Go(func() { w.loop(shards[i], stop) })
 	}
 	lost := make(chan error, 1)
+	handle := func(c paho.Client, m paho.Message) {
+		t, err := parseTopic(m.Topic())
+		if err != nil {
+			out.Bad(ReasonUnexpectedTopic, fmt.Errorf("topic %s: %w", m.Topic(), err))
+			m.Ack()
+			return
+		}
+		if t.kind == typeSTATE {
+			if t.node.edge == s.cfg.HostID {
+				s.ownState(c, m.Payload(), stateTopic, ts, &closing)
+			}
+			m.Ack()
+			return
+		}
+		msg := &message{topic: m.Topic(), t: t, payload: m.Payload(), recv: time.Now(), ack: m.Ack}
+		enqueue(runCtx, c, shards[shardOf(t.node, len(shards))], msg)
+	}
 
 	opts := paho.NewClientOptions().
 		AddBroker(s.cfg.URL).
@@ -166,28 +183,13 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		SetResumeSubs(false).
 		SetAutoAckDisabled(true).
 		SetOrderMatters(true).
-		// Buffered reads and coalesced PUBACKs, and no store: see the
-		// mqtt source.
-		SetCustomOpenConnectionFn(mqtt.OpenConnection).
+		// Messages read before paho, paced and buffered reads, coalesced
+		// PUBACKs, and no store: see the mqtt source. paho delivers only
+		// what the connection leaves it (QoS 2), to the same handler.
+		SetCustomOpenConnectionFn(mqtt.OpenConnectionTaking(func(m paho.Message) { handle(client, m) })).
 		SetStore(mqtt.NoStore{}).
 		SetBinaryWill(stateTopic, statePayload(false, ts), 1, true).
-		SetDefaultPublishHandler(func(c paho.Client, m paho.Message) {
-			t, err := parseTopic(m.Topic())
-			if err != nil {
-				out.Bad(ReasonUnexpectedTopic, fmt.Errorf("topic %s: %w", m.Topic(), err))
-				m.Ack()
-				return
-			}
-			if t.kind == typeSTATE {
-				if t.node.edge == s.cfg.HostID {
-					s.ownState(c, m.Payload(), stateTopic, ts, &closing)
-				}
-				m.Ack()
-				return
-			}
-			msg := &message{topic: m.Topic(), t: t, payload: m.Payload(), recv: time.Now(), ack: m.Ack}
-			enqueue(runCtx, c, shards[shardOf(t.node, len(shards))], msg)
-		}).
+		SetDefaultPublishHandler(handle).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
 			case lost <- err:
@@ -265,7 +267,8 @@ func (s *Source) ownState(c paho.Client, payload []byte, topic string, ts int64,
 		return
 	}
 	s.log.Info("own STATE seen offline; publishing the birth again", "topic", topic, "their_timestamp", st.Timestamp)
-	// Not waited for: this runs in paho's delivery goroutine.
+	// Not waited for: this runs on the goroutine that reads the
+	// connection, which the acknowledgement has to come through.
 	c.Publish(topic, 1, true, statePayload(true, ts))
 }
 
