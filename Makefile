@@ -46,6 +46,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./adapters/opcua
 	$(GO) test -run '^$$' -fuzz '^FuzzParseContribution$$' -fuzztime $(FUZZTIME) ./collector/hub
 	$(GO) test -run '^$$' -fuzz '^FuzzLinesMatchLibrary$$' -fuzztime $(FUZZTIME) ./adapters/influxdb
+	$(GO) test -run '^$$' -fuzz '^FuzzReadMatchesPaho$$' -fuzztime $(FUZZTIME) ./adapters/mqtt
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
