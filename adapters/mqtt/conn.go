@@ -31,10 +31,10 @@ const coalesceBytes = 1 << 10
 // maxPendingWrite bounds what Write holds before it waits for the socket.
 const maxPendingWrite = 1 << 20
 
-// bufferedConn is a net.Conn whose reads go through a buffer and whose
-// writes are coalesced: paho writes every PUBACK on its own, a system call
-// each; here the writes that pile up while one is on the wire go out
-// together. Order is kept, and Close sends what is pending first. A write
+// bufferedConn is a net.Conn whose reads go through a buffer (and, for a
+// connection from OpenConnectionTaking, hand the messages over before
+// paho parses them) and whose writes are coalesced: the writes that pile
+// up while one is on the wire go out together. Order is kept, and Close sends what is pending first. A write
 // error is returned by the next Write and by Close, which is when paho
 // would have learnt of it anyway: the next packet.
 type bufferedConn struct {
@@ -239,9 +239,8 @@ func (c *bufferedConn) flush() {
 			return
 		}
 		if len(c.pending) < coalesceBytes && !c.closing {
-			// A worker acks a batch of messages one PUBACK at a time
-			// through paho's writer goroutine: let it put the rest here
-			// before the system call, instead of one call per PUBACK.
+			// Two workers may each be about to add their batch's
+			// PUBACKs: give them one chance to share the system call.
 			// Once only: a PUBACK held back longer slows the broker,
 			// which sends only a few messages before their PUBACKs.
 			c.mu.Unlock()
