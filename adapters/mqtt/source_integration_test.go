@@ -343,3 +343,53 @@ func TestSourceKeepAliveUnderAStream(t *testing.T) {
 		})
 	}
 }
+
+// TestSourceOverWebSockets: over ws:// the connection's reads are
+// WebSocket frames, whose bounds need not be those of MQTT packets; every
+// message still arrives, in order per topic, and is acknowledged (the
+// persistent session has nothing left for a second connection).
+func TestSourceOverWebSockets(t *testing.T) {
+	wsPort := collectortest.FreePort(t)
+	svc := collectortest.Mosquitto(t, fmt.Sprintf("listener %d 127.0.0.1", wsPort), "protocol websockets")
+	cfg := testConfig(fmt.Sprintf("ws://127.0.0.1:%d", wsPort), "agent-ws")
+	out := &collectortest.Output{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- newSource(t, cfg).Run(ctx, out) }()
+	collectortest.WaitConnected(t, out, 1)
+
+	const topics, perTopic = 4, 500
+	pub := collectortest.Publisher(t, svc.URL())
+	var msgs []collectortest.Message
+	for i := range perTopic {
+		for j := range topics {
+			// Payloads of growing size, so packets straddle frames.
+			m := seqMsgs(fmt.Sprintf("factory/ws/m%d/telemetry", j), i, 1)[0]
+			m.Payload = strings.Replace(m.Payload, "{", fmt.Sprintf(`{"pad":"%s",`, strings.Repeat("x", i*7%300)), 1)
+			msgs = append(msgs, m)
+		}
+	}
+	collectortest.Publish(t, pub, msgs...)
+	waitSeqs(t, out, topics*perTopic)
+	got := seqs(out)
+	for j := range topics {
+		topic := fmt.Sprintf("factory/ws/m%d/telemetry", j)
+		inOrder(t, got[topic], topic, 0, perTopic)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	// Everything was acknowledged: the session holds no message for the
+	// next connection, which gets only a new one (the broker would have
+	// sent anything queued before it).
+	again := &collectortest.Output{}
+	collectortest.Start(t, newSource(t, cfg), again)
+	collectortest.WaitConnected(t, again, 1)
+	collectortest.Publish(t, pub, seqMsgs("factory/ws/marker/telemetry", 0, 1)...)
+	waitSeqs(t, again, 1)
+	if n := countSeqs(again); n != 1 {
+		t.Errorf("%d messages redelivered: their PUBACKs never reached the broker", n-1)
+	}
+}
