@@ -78,6 +78,35 @@ func waitSeqs(t *testing.T, out *collectortest.Output, want int) {
 	})
 }
 
+// interleaved is perTopic seq messages on each of topics topics (topicFmt
+// with the topic's number), one per topic in turn. With maxPad, each
+// carries a string field of 0 to maxPad-1 bytes besides.
+func interleaved(topicFmt string, topics, perTopic, maxPad int) []collectortest.Message {
+	var msgs []collectortest.Message
+	for i := range perTopic {
+		for j := range topics {
+			m := seqMsgs(fmt.Sprintf(topicFmt, j), i, 1)[0]
+			if maxPad > 0 {
+				m.Payload = strings.Replace(m.Payload, "{", fmt.Sprintf(`{"pad":"%s",`, strings.Repeat("x", i*7%maxPad)), 1)
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs
+}
+
+// allInOrder waits for the messages of interleaved and checks that each
+// topic received all of them in order.
+func allInOrder(t *testing.T, out *collectortest.Output, topicFmt string, topics, perTopic int) {
+	t.Helper()
+	waitSeqs(t, out, topics*perTopic)
+	got := seqs(out)
+	for j := range topics {
+		topic := fmt.Sprintf(topicFmt, j)
+		inOrder(t, got[topic], topic, 0, perTopic)
+	}
+}
+
 // inOrder checks that topic received exactly from..from+n-1 in order.
 func inOrder(t *testing.T, got []int, topic string, from, n int) {
 	t.Helper()
@@ -99,20 +128,8 @@ func TestSourceDeliversAllInOrder(t *testing.T) {
 
 	const topics, perTopic = 5, 400
 	pub := collectortest.Publisher(t, svc.URL())
-	var msgs []collectortest.Message
-	for i := range perTopic {
-		for j := range topics {
-			msgs = append(msgs, seqMsgs(fmt.Sprintf("factory/l1/m%d/telemetry", j), i, 1)...)
-		}
-	}
-	collectortest.Publish(t, pub, msgs...)
-	waitSeqs(t, out, topics*perTopic)
-
-	got := seqs(out)
-	for j := range topics {
-		topic := fmt.Sprintf("factory/l1/m%d/telemetry", j)
-		inOrder(t, got[topic], topic, 0, perTopic)
-	}
+	collectortest.Publish(t, pub, interleaved("factory/l1/m%d/telemetry", topics, perTopic, 0)...)
+	allInOrder(t, out, "factory/l1/m%d/telemetry", topics, perTopic)
 	for _, b := range out.Batches() {
 		if len(b.Samples) != 1 || b.Samples[0].SourceTime.Equal(b.Samples[0].ReceiveTime) {
 			t.Fatalf("batch %+v: want one seq sample with its payload time", b)
@@ -360,22 +377,9 @@ func TestSourceOverWebSockets(t *testing.T) {
 
 	const topics, perTopic = 4, 500
 	pub := collectortest.Publisher(t, svc.URL())
-	var msgs []collectortest.Message
-	for i := range perTopic {
-		for j := range topics {
-			// Payloads of growing size, so packets straddle frames.
-			m := seqMsgs(fmt.Sprintf("factory/ws/m%d/telemetry", j), i, 1)[0]
-			m.Payload = strings.Replace(m.Payload, "{", fmt.Sprintf(`{"pad":"%s",`, strings.Repeat("x", i*7%300)), 1)
-			msgs = append(msgs, m)
-		}
-	}
-	collectortest.Publish(t, pub, msgs...)
-	waitSeqs(t, out, topics*perTopic)
-	got := seqs(out)
-	for j := range topics {
-		topic := fmt.Sprintf("factory/ws/m%d/telemetry", j)
-		inOrder(t, got[topic], topic, 0, perTopic)
-	}
+	// Payloads of many sizes, so packets straddle frames.
+	collectortest.Publish(t, pub, interleaved("factory/ws/m%d/telemetry", topics, perTopic, 300)...)
+	allInOrder(t, out, "factory/ws/m%d/telemetry", topics, perTopic)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
