@@ -44,11 +44,12 @@ type bufferedConn struct {
 	// Read's side, used by paho's reader goroutine alone. When publish
 	// is set, Read takes the PUBLISH packets itself (see takePublishes);
 	// frameLeft is what paho has yet to read of the packet it is on.
-	publish   func(*received)
-	frameLeft int
-	topics    map[string]string
-	bodies    []byte
-	msgs      []received
+	publish    func(*received)
+	maxPayload int // larger payloads are skipped; 0: none are
+	frameLeft  int
+	topics     map[string]string
+	bodies     []byte
+	msgs       []received
 
 	mu      sync.Mutex
 	wake    *sync.Cond
@@ -146,30 +147,62 @@ func errMalformed(what string) error {
 }
 
 // readPublish reads the variable header and payload of a PUBLISH packet
-// of length bytes whose first byte was flags.
+// of length bytes whose first byte was flags. A payload larger than
+// c.maxPayload is read past, not kept: the message arrives without it
+// (see received.skipped), so that a stray file published to a subscribed
+// topic costs no memory.
 func (c *bufferedConn) readPublish(flags byte, length int) (*received, error) {
-	body := c.body(length)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return nil, err
-	}
-	if len(body) < 2 {
+	if length < 2 {
 		return nil, errMalformed("no topic length")
 	}
-	n := int(body[0])<<8 | int(body[1])
-	if 2+n > len(body) {
-		return nil, errMalformed(fmt.Sprintf("topic of %d bytes in a packet of %d", n, len(body)))
+	head, err := c.r.Peek(2)
+	if err != nil {
+		return nil, noEOF(err)
 	}
-	m := c.message()
-	m.topic, m.qos, m.dup, m.retained, m.conn = c.topic(body[2:2+n]), (flags>>1)&3, flags&8 != 0, flags&1 != 0, c
-	rest := body[2+n:]
-	if m.qos > 0 {
-		if len(rest) < 2 {
+	n := int(head[0])<<8 | int(head[1])
+	if 2+n > length {
+		return nil, errMalformed(fmt.Sprintf("topic of %d bytes in a packet of %d", n, length))
+	}
+	qos := (flags >> 1) & 3
+	header := 2 + n
+	if qos > 0 {
+		header += 2
+		if header > length {
 			return nil, errMalformed("no packet identifier")
 		}
-		m.id, rest = uint16(rest[0])<<8|uint16(rest[1]), rest[2:]
 	}
-	m.payload = rest
+	// The variable header is at most 65,539 bytes, within the buffer.
+	vh, err := c.r.Peek(header)
+	if err != nil {
+		return nil, noEOF(err)
+	}
+	m := c.message()
+	m.topic, m.qos, m.dup, m.retained, m.conn = c.topic(vh[2:2+n]), qos, flags&8 != 0, flags&1 != 0, c
+	if qos > 0 {
+		m.id = uint16(vh[2+n])<<8 | uint16(vh[3+n])
+	}
+	_, _ = c.r.Discard(header) // peeked: cannot fail
+	size := length - header
+	if c.maxPayload > 0 && size > c.maxPayload {
+		m.skipped = size
+		if _, err := c.r.Discard(size); err != nil {
+			return nil, noEOF(err)
+		}
+		return m, nil
+	}
+	m.payload = c.body(size)
+	if _, err := io.ReadFull(c.r, m.payload); err != nil {
+		return nil, noEOF(err)
+	}
 	return m, nil
+}
+
+// noEOF: a packet cut off is an unexpected end, as io.ReadFull says.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // body returns n bytes for a packet: from the slab when small.
@@ -271,6 +304,7 @@ func (c *bufferedConn) flush() {
 type received struct {
 	topic         string
 	payload       []byte
+	skipped       int // the size of a payload not kept (see readPublish)
 	id            uint16
 	qos           byte
 	dup, retained bool
@@ -286,6 +320,15 @@ func (m *received) Retained() bool    { return m.retained }
 func (m *received) Topic() string     { return m.topic }
 func (m *received) MessageID() uint16 { return m.id }
 func (m *received) Payload() []byte   { return m.payload }
+
+// PayloadSkipped is the size of a payload that was too large to keep
+// (see OpenConnectionTaking), and 0 for any other message.
+func PayloadSkipped(m paho.Message) int {
+	if r, ok := m.(*received); ok {
+		return r.skipped
+	}
+	return 0
+}
 
 // Ack sends the PUBACK of a QoS 1 message, once.
 func (m *received) Ack() {
@@ -415,11 +458,15 @@ func (p *pacedConn) Read(b []byte) (int, error) {
 // connection reads, before paho sees it (see takePublishes), on paho's
 // reader goroutine and in the order they came. Their Ack writes the
 // PUBACK straight into the connection.
-func OpenConnectionTaking(deliver func(paho.Message)) paho.OpenConnectionFunc {
+//
+// A payload over maxPayload bytes (when it is not 0) is read past and not
+// kept; PayloadSkipped tells its size.
+func OpenConnectionTaking(maxPayload int, deliver func(paho.Message)) paho.OpenConnectionFunc {
 	return func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
 		c, err := OpenConnection(uri, o)
 		if bc, ok := c.(*bufferedConn); ok {
 			bc.publish = func(m *received) { deliver(m) }
+			bc.maxPayload = maxPayload
 		}
 		return c, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -171,36 +172,51 @@ func describe(cp packets.ControlPacket) string {
 	return cp.String()
 }
 
+// describeSkipping is describe for a connection that skips payloads over
+// maxPayload bytes.
+func describeSkipping(cp packets.ControlPacket, maxPayload int) string {
+	if p, ok := cp.(*packets.PublishPacket); ok && p.Qos < 2 && maxPayload > 0 && len(p.Payload) > maxPayload {
+		return describeMessage(&received{topic: p.TopicName, skipped: len(p.Payload), qos: p.Qos, id: p.MessageID, dup: p.Dup, retained: p.Retain})
+	}
+	return describe(cp)
+}
+
 func describeMessage(m paho.Message) string {
-	return fmt.Sprintf("PUBLISH qos=%d dup=%t retain=%t id=%d topic=%q payload=%q",
-		m.Qos(), m.Duplicate(), m.Retained(), m.MessageID(), m.Topic(), m.Payload())
+	payload := fmt.Sprintf("payload=%q", m.Payload())
+	if n := PayloadSkipped(m); n > 0 {
+		payload = fmt.Sprintf("payload of %d bytes skipped", n)
+	}
+	return fmt.Sprintf("PUBLISH qos=%d dup=%t retain=%t id=%d topic=%q %s",
+		m.Qos(), m.Duplicate(), m.Retained(), m.MessageID(), m.Topic(), payload)
 }
 
 // readAll reads packets from r with paho's reader until an error, and
-// describes them in stream order.
-func readAll(r io.Reader) ([]string, error) {
+// describes them in stream order, as a connection that skips payloads
+// over maxPayload bytes would.
+func readAll(r io.Reader, maxPayload int) ([]string, error) {
 	var seq []string
 	for {
 		cp, err := packets.ReadPacket(r)
 		if err != nil {
 			return seq, err
 		}
-		seq = append(seq, describe(cp))
+		seq = append(seq, describeSkipping(cp, maxPayload))
 	}
 }
 
 // readThrough reads stream as paho would through a bufferedConn that takes
-// the PUBLISH packets itself, and describes in stream order both what the
+// the PUBLISH packets itself (skipping payloads over maxPayload bytes,
+// unless 0), and describes in stream order both what the
 // connection took and what paho read; taken counts the former. The
 // messages are described only at the end, so a message whose bytes a later
 // read overwrote would show.
-func readThrough(stream io.Reader) (seq []string, taken int, err error) {
+func readThrough(stream io.Reader, maxPayload int) (seq []string, taken int, err error) {
 	type item struct {
 		m  *received
 		cp packets.ControlPacket
 	}
 	var items []item
-	c := &bufferedConn{r: bufio.NewReaderSize(stream, readBuffer)}
+	c := &bufferedConn{r: bufio.NewReaderSize(stream, readBuffer), maxPayload: maxPayload}
 	c.publish = func(m *received) { items = append(items, item{m: m}) }
 	for {
 		cp, rerr := packets.ReadPacket(c)
@@ -272,16 +288,21 @@ func sampleStream(t testing.TB, big int) (stream []byte, publishes int) {
 func TestReadTakesPublishesAndPassesTheRest(t *testing.T) {
 	// 20,000 bytes: a 3-byte remaining length, more than a slab's share.
 	stream, publishes := sampleStream(t, 20000)
-	want, err := readAll(bytes.NewReader(stream))
-	if err != io.EOF {
-		t.Fatalf("paho alone: %v after %d packets", err, len(want))
-	}
-	for name, r := range map[string]io.Reader{
-		"whole":   bytes.NewReader(stream),
-		"chunked": &chunked{b: stream},
+	for _, tc := range []struct {
+		name       string
+		r          io.Reader
+		maxPayload int
+	}{
+		{"whole", bytes.NewReader(stream), 0},
+		{"chunked", &chunked{b: stream}, 0},
+		{"skipping payloads over 100 bytes", &chunked{b: stream}, 100},
 	} {
-		t.Run(name, func(t *testing.T) {
-			got, taken, err := readThrough(r)
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := readAll(bytes.NewReader(stream), tc.maxPayload)
+			if err != io.EOF {
+				t.Fatalf("paho alone: %v after %d packets", err, len(want))
+			}
+			got, taken, err := readThrough(tc.r, tc.maxPayload)
 			if err != io.EOF {
 				t.Errorf("ended with %v, want EOF", err)
 			}
@@ -312,7 +333,7 @@ func TestReadRefusesMalformedPublishes(t *testing.T) {
 		{"cut off", []byte{0x30, 10, 0, 1, 'a'}, io.ErrUnexpectedEOF.Error()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, taken, err := readThrough(bytes.NewReader(append(append([]byte{}, good...), tc.packet...)))
+			got, taken, err := readThrough(bytes.NewReader(append(append([]byte{}, good...), tc.packet...)), 0)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
@@ -323,9 +344,39 @@ func TestReadRefusesMalformedPublishes(t *testing.T) {
 	}
 }
 
+// TestReadSkipsOversizedPayloadsWithoutKeepingThem: a 4 MiB payload on a
+// connection that keeps at most 64 KiB is read past with a small fraction
+// of its size allocated (paho allocated it whole), and says its size.
+func TestReadSkipsOversizedPayloadsWithoutKeepingThem(t *testing.T) {
+	const huge = 4 << 20
+	stream := encode(t,
+		publish(1, 1, "factory/a", []byte("1"), false, false),
+		publish(1, 2, "factory/file", bytes.Repeat([]byte{'x'}, huge), false, false),
+		publish(1, 3, "factory/a", []byte("3"), false, false),
+	)
+	var got []*received
+	c := &bufferedConn{r: bufio.NewReaderSize(bytes.NewReader(stream), readBuffer), maxPayload: 64 << 10}
+	c.publish = func(m *received) { got = append(got, m) }
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := packets.ReadPacket(c); err != io.EOF {
+		t.Fatalf("read ended with %v, want EOF", err)
+	}
+	runtime.ReadMemStats(&after)
+	if len(got) != 3 {
+		t.Fatalf("got %d messages, want 3", len(got))
+	}
+	if got[1].skipped != huge || got[1].payload != nil || got[1].id != 2 || string(got[2].payload) != "3" {
+		t.Fatalf("the second message skipped %d bytes with %d kept (want %d, 0), the third has %q", got[1].skipped, len(got[1].payload), huge, got[2].payload)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > huge/8 {
+		t.Errorf("allocated %d bytes reading past a payload of %d", n, huge)
+	}
+}
+
 // FuzzReadMatchesPaho: for any bytes from a broker, a bufferedConn that
 // takes the messages itself delivers, with paho, what paho alone would
-// have read, up to where either stops; it may stop sooner only at a
+// have read (payloads over a limit skipped, with their size), up to where either stops; it may stop sooner only at a
 // remaining length that the MQTT specification calls malformed and paho
 // reads anyway.
 func FuzzReadMatchesPaho(f *testing.F) {
@@ -338,18 +389,20 @@ func FuzzReadMatchesPaho(f *testing.F) {
 		if declaresMoreThan(stream, 1<<20) {
 			return // both would allocate it before finding the stream short
 		}
-		want, _ := readAll(bytes.NewReader(stream))
-		got, _, err := readThrough(&chunked{b: stream})
-		if len(got) > len(want) {
-			t.Fatalf("delivered %d packets, paho reads %d", len(got), len(want))
-		}
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("packet %d: got %s, paho reads %s", i, got[i], want[i])
+		for _, maxPayload := range []int{0, 8} {
+			want, _ := readAll(bytes.NewReader(stream), maxPayload)
+			got, _, err := readThrough(&chunked{b: stream}, maxPayload)
+			if len(got) > len(want) {
+				t.Fatalf("max payload %d: delivered %d packets, paho reads %d", maxPayload, len(got), len(want))
 			}
-		}
-		if len(got) < len(want) && !strings.Contains(fmt.Sprint(err), "remaining length longer than 4 bytes") {
-			t.Fatalf("stopped after %d of paho's %d packets: %v", len(got), len(want), err)
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("max payload %d: packet %d: got %s, paho reads %s", maxPayload, i, got[i], want[i])
+				}
+			}
+			if len(got) < len(want) && !strings.Contains(fmt.Sprint(err), "remaining length longer than 4 bytes") {
+				t.Fatalf("max payload %d: stopped after %d of paho's %d packets: %v", maxPayload, len(got), len(want), err)
+			}
 		}
 	})
 }

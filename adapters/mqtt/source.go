@@ -251,7 +251,7 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		// Ack after Emit, not on receipt: that is the at-least-once
 		// guarantee.
 		SetAutoAckDisabled(true).
-		SetCustomOpenConnectionFn(OpenConnectionTaking(deliver)).
+		SetCustomOpenConnectionFn(OpenConnectionTaking(cfg.MaxPayloadBytes, deliver)).
 		// What paho still delivers (QoS 2, which no subscription asks
 		// for but a broker may send) takes the same path, in order.
 		SetOrderMatters(true).
@@ -464,8 +464,8 @@ func (r *run) handle(dec *Decoder, h *handler, msgs []paho.Message) {
 	received := time.Now()
 	for _, m := range msgs {
 		topic, payload := m.Topic(), m.Payload()
-		if len(payload) > r.s.cfg.MaxPayloadBytes {
-			r.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", topic, len(payload), r.s.cfg.MaxPayloadBytes))
+		if size := max(len(payload), PayloadSkipped(m)); size > r.s.cfg.MaxPayloadBytes {
+			r.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", topic, size, r.s.cfg.MaxPayloadBytes))
 			m.Ack()
 			continue
 		}

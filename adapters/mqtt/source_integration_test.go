@@ -245,6 +245,11 @@ func TestSourceBadInput(t *testing.T) {
 		if !strings.Contains(e.Error(), topic) {
 			t.Errorf("bad input error %q does not name the topic", e)
 		}
+		// The connection reads past a payload this large without
+		// keeping it, and still says how large it was.
+		if strings.Contains(e.Error(), "max_payload_bytes") && !strings.Contains(e.Error(), fmt.Sprintf("payload of %d bytes", len(big))) {
+			t.Errorf("oversized error %q does not give the payload's %d bytes", e, len(big))
+		}
 	}
 
 	// Bad input was acked: a new session gets only what comes next.

@@ -96,6 +96,7 @@ type message struct {
 	topic   string
 	t       topic
 	payload []byte
+	skipped int // the size of a payload too large to keep, not read
 	recv    time.Time
 	ack     func()
 	pb      *sparkplugpb.Payload
@@ -182,8 +183,8 @@ func (w *worker) loop(in <-chan *message, stop context.CancelCauseFunc) {
 // handle processes one message. It returns an error only when Emit
 // failed; the message is then not acknowledged and the run ends.
 func (w *worker) handle(m *message) error {
-	if len(m.payload) > w.s.cfg.MaxPayloadBytes {
-		w.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", m.topic, len(m.payload), w.s.cfg.MaxPayloadBytes))
+	if size := max(len(m.payload), m.skipped); size > w.s.cfg.MaxPayloadBytes {
+		w.out.Bad(ReasonOversized, fmt.Errorf("topic %s: payload of %d bytes exceeds max_payload_bytes %d", m.topic, size, w.s.cfg.MaxPayloadBytes))
 		w.ack(m)
 		return nil
 	}

@@ -246,3 +246,32 @@ func TestInteropBrokerLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestOversizedPayloadOverTheWire: a payload over max_payload_bytes,
+// which the connection reads past without keeping, is still reported as
+// oversized with its true size, and the host stays up.
+func TestOversizedPayloadOverTheWire(t *testing.T) {
+	broker := collectortest.Mosquitto(t)
+	url := broker.URL()
+	host := newHost(t, Config{URL: url, HostID: "h1", MaxPayloadBytes: 1024})
+	out := &collectortest.Output{}
+	collectortest.Start(t, host, out)
+	collectortest.WaitConnected(t, out, 1)
+	pub := collectortest.Publisher(t, url)
+	const size = 3 << 20
+	if tok := pub.Publish(Namespace+"/G1/NDATA/E1", 1, false, make([]byte, size)); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	collectortest.Eventually(t, 10*time.Second, func() error {
+		if got := out.BadCounts()[ReasonOversized]; got != 1 {
+			return fmt.Errorf("%d oversized, want 1 (bad counts %v)", got, out.BadCounts())
+		}
+		return nil
+	})
+	if errs := out.BadErrors(); !strings.Contains(fmt.Sprint(errs), fmt.Sprintf("payload of %d bytes", size)) {
+		t.Errorf("errors %v do not give the payload's %d bytes", errs, size)
+	}
+	if states := out.ConnectedStates(); len(states) != 1 || !states[0] {
+		t.Errorf("connection states %v, want connected throughout", states)
+	}
+}

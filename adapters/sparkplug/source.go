@@ -163,7 +163,7 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 			m.Ack()
 			return
 		}
-		msg := &message{topic: m.Topic(), t: t, payload: m.Payload(), recv: time.Now(), ack: m.Ack}
+		msg := &message{topic: m.Topic(), t: t, payload: m.Payload(), skipped: mqtt.PayloadSkipped(m), recv: time.Now(), ack: m.Ack}
 		enqueue(runCtx, c, shards[shardOf(t.node, len(shards))], msg)
 	}
 
@@ -186,7 +186,7 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 		// Messages read before paho, paced and buffered reads, coalesced
 		// PUBACKs, and no store: see the mqtt source. paho delivers only
 		// what the connection leaves it (QoS 2), to the same handler.
-		SetCustomOpenConnectionFn(mqtt.OpenConnectionTaking(func(m paho.Message) { handle(client, m) })).
+		SetCustomOpenConnectionFn(mqtt.OpenConnectionTaking(s.cfg.MaxPayloadBytes, func(m paho.Message) { handle(client, m) })).
 		SetStore(mqtt.NoStore{}).
 		SetBinaryWill(stateTopic, statePayload(false, ts), 1, true).
 		SetDefaultPublishHandler(handle).
