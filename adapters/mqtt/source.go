@@ -230,7 +230,7 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 		if wrap != nil {
 			m = wrap(m)
 		}
-		enqueue(r.ctx, client, r.shards[shardOf(m.Topic(), len(r.shards))], m)
+		Enqueue(r.ctx, client, r.shards[shardOf(m.Topic(), len(r.shards))], m)
 	}
 	opts := paho.NewClientOptions().
 		AddBroker(cfg.URL).
@@ -283,12 +283,13 @@ func (r *run) connect(ctx context.Context, id string, clean bool, wrap func(paho
 	return client, ct != nil && ct.SessionPresent(), nil
 }
 
-// enqueue hands m to its worker. It blocks while the worker's queue is
-// full, which is the backpressure that leaves messages at the broker; but
-// paho reports a lost connection only after this handler returned, so
-// while blocked it watches the connection too. A message it gives up on is
-// not acked, and the broker redelivers it next session.
-func enqueue(ctx context.Context, c paho.Client, shard chan<- paho.Message, m paho.Message) {
+// Enqueue hands m to its worker's queue. It blocks while the queue is
+// full, which is the backpressure that leaves messages at the broker;
+// but paho reports a lost connection only once the reader is free again,
+// so while blocked it watches the connection too. A message it gives up
+// on is not acknowledged, and the broker redelivers it next session. The
+// Sparkplug source uses it as well.
+func Enqueue[M any](ctx context.Context, c paho.Client, shard chan<- M, m M) {
 	select {
 	case shard <- m:
 		return

@@ -164,7 +164,7 @@ func (s *Source) Run(ctx context.Context, out collector.Output) error {
 			return
 		}
 		msg := &message{topic: m.Topic(), t: t, payload: m.Payload(), skipped: mqtt.PayloadSkipped(m), recv: time.Now(), ack: m.Ack}
-		enqueue(runCtx, c, shards[shardOf(t.node, len(shards))], msg)
+		mqtt.Enqueue(runCtx, c, shards[shardOf(t.node, len(shards))], msg)
 	}
 
 	opts := paho.NewClientOptions().
@@ -374,31 +374,6 @@ func (s *Source) clearPending() {
 	for _, n := range s.nodes {
 		clear(n.pending)
 		n.gapSince = time.Time{}
-	}
-}
-
-// enqueue hands m to its worker, blocking while the worker's queue is full
-// (backpressure that leaves messages at the broker) but watching the
-// connection, which paho reports lost only after this handler returns.
-func enqueue(ctx context.Context, c paho.Client, shard chan<- *message, m *message) {
-	select {
-	case shard <- m:
-		return
-	default:
-	}
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case shard <- m:
-			return
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			if !c.IsConnectionOpen() {
-				return
-			}
-		}
 	}
 }
 
