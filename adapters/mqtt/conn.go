@@ -143,7 +143,7 @@ func (c *bufferedConn) peekHeader() (flags byte, length, header int, err error) 
 // errMalformed reports a packet the broker should never have sent; the
 // connection ends, as paho would end it.
 func errMalformed(what string) error {
-	return fmt.Errorf("malformed PUBLISH packet from the broker: %s", what)
+	return fmt.Errorf("malformed MQTT packet from the broker (is an MQTT 3.1.1 broker listening there?): %s", what)
 }
 
 // readPublish reads the variable header and payload of a PUBLISH packet
