@@ -337,14 +337,16 @@ func TestSourceConnectFailure(t *testing.T) {
 // the connection: paho pings, and the broker's answers reach it (one
 // lost would end the connection after 10 s; no PINGREQ at all, at QoS 0
 // where the agent sends nothing else, and Mosquitto would end it after
-// 1.5 s).
+// 3 s). The keep-alive is 2 s, not 1: Mosquitto counts in whole seconds
+// and gives 1.5 keep-alives, which for 1 s can be as little as 1.0 s,
+// while paho pings 1.0-1.25 s apart (a loaded CI lost that race).
 func TestSourceKeepAliveUnderAStream(t *testing.T) {
 	svc := collectortest.Mosquitto(t)
 	for _, q := range []int{0, 1} {
 		t.Run(fmt.Sprintf("QoS %d", q), func(t *testing.T) {
 			t.Parallel()
 			cfg := testConfig(svc.URL(), fmt.Sprintf("agent-keepalive-%d", q))
-			cfg.KeepAlive = time.Second
+			cfg.KeepAlive = 2 * time.Second
 			cfg.Subscriptions[0].QoS = qos(q)
 			out := &collectortest.Output{}
 			collectortest.Start(t, newSource(t, cfg), out)
@@ -352,7 +354,7 @@ func TestSourceKeepAliveUnderAStream(t *testing.T) {
 
 			pub := collectortest.Publisher(t, svc.URL())
 			topic := fmt.Sprintf("factory/l1/keepalive%d/telemetry", q)
-			const n = 260 // 13 s at one message per 50 ms
+			const n = 300 // 15 s at one message per 50 ms
 			for i := range n {
 				collectortest.Publish(t, pub, seqMsgs(topic, i, 1)...)
 				time.Sleep(50 * time.Millisecond)
