@@ -171,8 +171,15 @@ func (c *bufferedConn) readPublish(flags byte, length int) (*received, error) {
 			return nil, errMalformed("no packet identifier")
 		}
 	}
-	// The variable header is at most 65,539 bytes, within the buffer.
-	vh, err := c.r.Peek(header)
+	// The variable header is read in place, unless it is longer than the
+	// buffer (a topic of up to 65,535 bytes is allowed).
+	var vh []byte
+	if header <= c.r.Size() {
+		vh, err = c.r.Peek(header)
+	} else {
+		vh = make([]byte, header)
+		_, err = io.ReadFull(c.r, vh)
+	}
 	if err != nil {
 		return nil, noEOF(err)
 	}
@@ -181,7 +188,9 @@ func (c *bufferedConn) readPublish(flags byte, length int) (*received, error) {
 	if qos > 0 {
 		m.id = uint16(vh[2+n])<<8 | uint16(vh[3+n])
 	}
-	_, _ = c.r.Discard(header) // peeked: cannot fail
+	if header <= c.r.Size() {
+		_, _ = c.r.Discard(header) // peeked: cannot fail
+	}
 	size := length - header
 	if c.maxPayload > 0 && size > c.maxPayload {
 		m.skipped = size

@@ -255,7 +255,8 @@ func publish(qos byte, id uint16, topic string, payload []byte, dup, retain bool
 }
 
 // sampleStream is a broker's side of a session: acks, pings and messages
-// of every QoS, payloads from empty to big bytes.
+// of every QoS, payloads from empty to big bytes, and from 1000 bytes on
+// the longest topic there is.
 func sampleStream(t testing.TB, big int) (stream []byte, publishes int) {
 	connack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
 	connack.SessionPresent = true
@@ -277,7 +278,12 @@ func sampleStream(t testing.TB, big int) (stream []byte, publishes int) {
 		unsuback,
 		publish(1, 1, "factory/line-1/cnc-01/telemetry", []byte(`{"spindle_speed": 1201}`), false, false),
 	)
-	return stream, 6
+	if big < 1000 {
+		return stream, 6 // for the fuzzer, which minimises what it finds
+	}
+	// The longest topic MQTT allows: a variable header longer than the
+	// connection's read buffer.
+	return append(stream, encode(t, publish(1, 2, strings.Repeat("t", 65535), []byte("long topic"), false, false))...), 7
 }
 
 // TestReadTakesPublishesAndPassesTheRest: through a bufferedConn that
